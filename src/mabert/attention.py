@@ -1,0 +1,70 @@
+"""Scaled dot-product attention whose softmax may be the MA approximator; shared by both model families."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .errors import MABertError
+from .softmax_approx import SoftmaxApproximator
+
+
+def check_heads(width: int, num_heads: int) -> None:
+    if num_heads <= 0 or width % num_heads:
+        raise MABertError(
+            f"hidden size {width} is not divisible by {num_heads} attention heads; set num_attention_heads "
+            "to a divisor of the hidden size (the released checkpoints use 12)"
+        )
+
+
+def build_approximator(config) -> SoftmaxApproximator:
+    return SoftmaxApproximator(
+        config.softmax_input_size, config.softmax_hidden_layer_size, config.softmax_mask_mode
+    )
+
+
+class ApproximatorSlot:
+    """Holds a layer's approximator. A shared one is referenced, not registered, so that it is saved
+    once (under the model's `softmax`) instead of once per layer."""
+
+    def __init__(self, owner: nn.Module, config, shared: SoftmaxApproximator | None):
+        self.shared = shared
+        if config.use_softmax_approx and shared is None:
+            owner.softmax = build_approximator(config)
+
+    def get(self, owner: nn.Module) -> SoftmaxApproximator | None:
+        return self.shared if self.shared is not None else getattr(owner, "softmax", None)
+
+
+def attention_probabilities(
+    scores: torch.Tensor, key_mask: torch.Tensor | None, approximator: SoftmaxApproximator | None
+) -> torch.Tensor:
+    """Attention weights from raw (scaled) scores. key_mask is 0/1 of shape (B, 1, 1, T) or None."""
+    if approximator is not None:
+        return approximator(scores, key_mask)
+    if key_mask is not None:
+        scores = scores.masked_fill(key_mask == 0, torch.finfo(scores.dtype).min)
+    return torch.softmax(scores, dim=-1)
+
+
+def multi_head_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    num_heads: int,
+    key_mask: torch.Tensor | None,
+    approximator: SoftmaxApproximator | None,
+    dropout: nn.Dropout,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T, H·d) projections → context (B, T, H·d) and weights (B, H, T, T)."""
+    batch, length, width = query.shape
+    head_dim = width // num_heads
+
+    def split(x: torch.Tensor) -> torch.Tensor:
+        return x.view(batch, -1, num_heads, head_dim).transpose(1, 2)
+
+    scores = torch.matmul(split(query), split(key).transpose(-1, -2)) / math.sqrt(head_dim)
+    probs = attention_probabilities(scores, key_mask, approximator)
+    context = torch.matmul(dropout(probs), split(value))
+    return context.transpose(1, 2).reshape(batch, length, width), probs

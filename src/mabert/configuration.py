@@ -1,0 +1,77 @@
+"""Configs for MA-BERT and MA-DistilBERT: the base architectures' configs plus one switch per technique."""
+from __future__ import annotations
+
+from transformers import BertConfig, DistilBertConfig
+
+POOLER_ACTIVATIONS = ("tanh", "relu", "identity")
+
+
+def _ma_settings(
+    use_softmax_approx: bool = True,
+    share_softmax_nn: bool = False,
+    softmax_input_size: int = 128,
+    softmax_hidden_layer_size: int = 128,
+    softmax_mask_mode: str = "multiply",
+    norm_type: str = "power",
+    warmup_updates: int = 997120,
+    accumulation_step: int = 8,
+    ffn_hidden_act: str = "relu",
+) -> dict:
+    """The MA technique settings, defaults as in the MA-BERT release, checked once for both configs."""
+    norm_type = str(norm_type).lower()
+    if norm_type not in ("power", "layer"):
+        raise ValueError(f"norm_type must be 'power' or 'layer', got {norm_type!r}")
+    if softmax_mask_mode not in ("multiply", "masked"):
+        raise ValueError(f"softmax_mask_mode must be 'multiply' or 'masked', got {softmax_mask_mode!r}")
+    return dict(
+        use_softmax_approx=bool(use_softmax_approx),
+        share_softmax_nn=bool(share_softmax_nn),
+        softmax_input_size=int(softmax_input_size),
+        softmax_hidden_layer_size=int(softmax_hidden_layer_size),
+        softmax_mask_mode=softmax_mask_mode,
+        norm_type=norm_type,
+        warmup_updates=int(warmup_updates),
+        accumulation_step=int(accumulation_step),
+        ffn_hidden_act=ffn_hidden_act,
+    )
+
+
+_MA_KEYS = tuple(_ma_settings().keys())
+
+
+def _split_ma_kwargs(kwargs: dict) -> dict:
+    return {key: kwargs.pop(key) for key in _MA_KEYS if key in kwargs}
+
+
+class MABertConfig(BertConfig):
+    """BertConfig plus the MA-BERT switches.
+
+    `hidden_act` keeps its BERT meaning for the MLM prediction head (GELU upstream);
+    `ffn_hidden_act` is the encoder feed-forward activation (ReLU in MA-BERT).
+    `pooler_act` is the pooler's activation: "tanh" as in BERT, or "relu"/"identity" for a
+    pooler with no transcendental function.
+    """
+
+    model_type = "ma-bert"
+
+    def __init__(self, pooler_act: str = "tanh", **kwargs):
+        ma = _ma_settings(**_split_ma_kwargs(kwargs))
+        if pooler_act not in POOLER_ACTIVATIONS:
+            raise ValueError(f"pooler_act must be one of {POOLER_ACTIVATIONS}, got {pooler_act!r}")
+        super().__init__(**kwargs)
+        self.pooler_act = pooler_act
+        for key, value in ma.items():
+            setattr(self, key, value)
+
+
+class MADistilBertConfig(DistilBertConfig):
+    """DistilBertConfig plus the MA switches. `activation` stays the MLM head's activation."""
+
+    model_type = "ma-distilbert"
+
+    def __init__(self, layer_norm_eps: float = 1e-12, **kwargs):
+        ma = _ma_settings(**_split_ma_kwargs(kwargs))
+        super().__init__(**kwargs)
+        self.layer_norm_eps = layer_norm_eps
+        for key, value in ma.items():
+            setattr(self, key, value)

@@ -1,0 +1,2 @@
+class MABertError(ValueError):
+    """A user-facing error: one line saying what was wrong and what to do."""

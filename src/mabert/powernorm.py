@@ -1,0 +1,124 @@
+"""Technique 3: PowerNorm, the training-time replacement of LayerNorm.
+
+Training semantics follow the MA-BERT reference (itself the masked PowerNorm of Shen et al.):
+- statistic: per-channel second moment E[x²] over every token of the batch, no mean subtraction;
+- forward: during warm-up (iters ≤ warmup_iters) x is divided by √(batch E[x²] + ε), afterwards by
+  √(running_phi + ε);
+- running_phi is updated every `accumulation_step` training forwards from the accumulated
+  statistic: during warm-up first a cumulative average, then (always) an EMA with alpha_fwd;
+- backward is the PowerNorm approximate backward with the `ema_gz` correction term.
+At inference it is the fixed per-channel affine map γ·x/√(φ+ε)+β (see `inference_affine`),
+which `mabert.fuse` folds into neighbouring linear layers.
+Buffers keep the reference names and shapes: running_phi, ema_gz, accumulated_var (1, C, 1, 1),
+iters (1,) int64.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class _PowerNormFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, divisor_var, batch_var, ema_gz, eps, alpha_bkw):
+        z = x / (divisor_var + eps).sqrt()
+        ctx.save_for_backward(z, batch_var, weight, ema_gz)
+        ctx.eps, ctx.alpha_bkw = eps, alpha_bkw
+        return weight * z + bias
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        z, batch_var, weight, ema_gz = ctx.saved_tensors
+        channels = z.shape[-1]
+        g = grad_output * weight
+        approx_grad = g - (1 - ctx.alpha_bkw) * ema_gz * z
+        # In-place, as the reference does: ema_gz is a running correction shared across steps.
+        ema_gz.add_((approx_grad * z).reshape(-1, channels).mean(dim=0))
+        grad_x = approx_grad / (batch_var + ctx.eps).sqrt()
+        grad_weight = (grad_output * z).reshape(-1, channels).sum(dim=0)
+        grad_bias = grad_output.reshape(-1, channels).sum(dim=0)
+        return grad_x, grad_weight, grad_bias, None, None, None, None, None
+
+
+class PowerNorm(nn.Module):
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-12,
+        alpha_fwd: float = 0.9,
+        alpha_bkw: float = 0.9,
+        warmup_iters: int = 997120,
+        accumulation_step: int = 8,
+    ):
+        super().__init__()
+        self.num_features = num_features
+        self.eps = eps
+        self.alpha_fwd = alpha_fwd
+        self.alpha_bkw = alpha_bkw
+        self.warmup_iters = warmup_iters
+        self.accumulation_step = accumulation_step
+        self.weight = nn.Parameter(torch.ones(num_features))
+        self.bias = nn.Parameter(torch.zeros(num_features))
+        self.register_buffer("running_phi", torch.ones(1, num_features, 1, 1))
+        self.register_buffer("ema_gz", torch.zeros(1, num_features, 1, 1))
+        self.register_buffer("iters", torch.zeros(1, dtype=torch.long))
+        self.register_buffer("accumulated_var", torch.zeros(1, num_features, 1, 1))
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.num_features}, eps={self.eps}, alpha_fwd={self.alpha_fwd}, alpha_bkw={self.alpha_bkw}, "
+            f"warmup={self.warmup_iters}, accumulation_step={self.accumulation_step}"
+        )
+
+    def reset_statistics(self) -> None:
+        self.running_phi.fill_(1.0)
+        self.ema_gz.zero_()
+        self.iters.zero_()
+        self.accumulated_var.zero_()
+
+    def inference_affine(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scale, shift) with eval-mode output == x * scale + shift, per channel."""
+        scale = self.weight / (self.running_phi.reshape(-1) + self.eps).sqrt()
+        return scale, self.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            scale, shift = self.inference_affine()
+            return x * scale + shift
+        channels = self.num_features
+        with torch.no_grad():
+            self.iters += 1
+            step = int(self.iters.item())
+            flat = x.detach().reshape(-1, channels)
+            batch_var = (flat * flat).sum(dim=0) / flat.shape[0]
+            in_warmup = step <= self.warmup_iters
+            divisor_var = batch_var if in_warmup else self.running_phi.reshape(-1).clone()
+            self._update_running_phi(batch_var, step)
+        ema_gz = self.ema_gz.view(channels)
+        return _PowerNormFunction.apply(
+            x, self.weight, self.bias, divisor_var, batch_var, ema_gz, self.eps, self.alpha_bkw
+        )
+
+    def _update_running_phi(self, batch_var: torch.Tensor, step: int) -> None:
+        self.accumulated_var += batch_var.view_as(self.accumulated_var) / self.accumulation_step
+        if step % self.accumulation_step != 0:
+            return
+        if step < self.warmup_iters:
+            self.running_phi.mul_((step - 1) / step).add_(self.accumulated_var / step)
+        self.running_phi.mul_(self.alpha_fwd).add_((1 - self.alpha_fwd) * self.accumulated_var)
+        self.accumulated_var.zero_()
+
+
+def make_norm(config) -> nn.Module:
+    """The normalization layer a config asks for: PowerNorm ("power") or LayerNorm ("layer")."""
+    kind = str(config.norm_type).lower()
+    if kind == "power":
+        return PowerNorm(
+            config.hidden_size,
+            eps=config.layer_norm_eps,
+            warmup_iters=config.warmup_updates,
+            accumulation_step=config.accumulation_step,
+        )
+    if kind == "layer":
+        return nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+    raise ValueError(f"norm_type must be 'power' or 'layer', got {config.norm_type!r}")

@@ -1,0 +1,54 @@
+"""Technique 1: a 2-layer ReLU network that stands in for softmax on each attention-score row."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+MASK_MODES = ("multiply", "masked")
+
+
+class SoftmaxApproximator(nn.Module):
+    """Linear(L→h) → ReLU → Linear(h→L) applied to the last axis of the attention scores.
+
+    `input_size` (L) is the longest key length the network accepts. A shorter row of length T is
+    treated exactly as if it were padded with zero scores to L (the first layer only reads the
+    first T columns of W1, the second only produces the first T outputs), so no padding is
+    materialised and any T ≤ L works.
+
+    Masking (`mask_mode`):
+    - "multiply": the upstream MA-BERT rule: scores × 0/1 key mask before the network, output
+      left as is. Bit-compatible with the released checkpoints when T == L.
+    - "masked": same input, but outputs at padded keys are zeroed as well, so a sequence gives the
+      same result for its real tokens whether or not it is padded.
+    """
+
+    def __init__(self, input_size: int = 128, hidden_size: int = 128, mask_mode: str = "multiply"):
+        super().__init__()
+        if mask_mode not in MASK_MODES:
+            raise ValueError(f"mask_mode must be one of {MASK_MODES}, got {mask_mode!r}")
+        self.input_size = input_size
+        self.mask_mode = mask_mode
+        # Named as upstream (`linear_relu_stack.0` / `.2`) so released state dicts load unchanged.
+        self.linear_relu_stack = nn.Sequential(
+            nn.Linear(input_size, hidden_size), nn.ReLU(), nn.Linear(hidden_size, input_size)
+        )
+
+    def forward(self, scores: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """scores: (..., T) with T ≤ L; key_mask: 0/1, broadcastable to scores (e.g. (B, 1, 1, T))."""
+        length = scores.shape[-1]
+        if length > self.input_size:
+            raise ValueError(
+                f"sequence length {length} exceeds the softmax approximator's input size {self.input_size}; "
+                f"truncate inputs to {self.input_size} tokens or build the model with a larger softmax_input_size"
+            )
+        if key_mask is not None:
+            scores = scores * key_mask
+        first, second = self.linear_relu_stack[0], self.linear_relu_stack[2]
+        if length == self.input_size:
+            probs = self.linear_relu_stack(scores)
+        else:
+            hidden = torch.relu(nn.functional.linear(scores, first.weight[:, :length], first.bias))
+            probs = nn.functional.linear(hidden, second.weight[:length], second.bias[:length])
+        if self.mask_mode == "masked" and key_mask is not None:
+            probs = probs * key_mask
+        return probs

@@ -1,0 +1,66 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+torch.set_num_threads(2)
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+VECTORS = SHARED / "data" / "official-vectors"
+GLUE = SHARED / "data" / "glue"
+
+
+def require_shared(path: Path) -> Path:
+    if not path.exists():
+        if os.environ.get("CI"):
+            raise AssertionError(f"{path} is missing: CI must run with ../shared beside the checkout")
+        pytest.skip(f"{path} not available")
+    return path
+
+
+@pytest.fixture
+def tiny_vocab(tmp_path):
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [
+        "the", "movie", "was", "great", "bad", "a", "film", "good", "terrible", "plot", "acting", "and", "not",
+        "fun", "boring", "it", "is", "very", "i", "liked", "hated", "story", "."
+    ]
+    path = tmp_path / "vocab.txt"
+    path.write_text("\n".join(words) + "\n")
+    return path
+
+
+def tiny_bert_config(**overrides):
+    from mabert import MABertConfig
+
+    settings = dict(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
+                    max_position_embeddings=64, softmax_input_size=16, softmax_hidden_layer_size=24)
+    settings.update(overrides)
+    return MABertConfig(**settings)
+
+
+def tiny_distilbert_config(**overrides):
+    from mabert import MADistilBertConfig
+
+    settings = dict(vocab_size=64, dim=32, n_layers=2, n_heads=4, hidden_dim=48, max_position_embeddings=64,
+                    softmax_input_size=16, softmax_hidden_layer_size=24)
+    settings.update(overrides)
+    return MADistilBertConfig(**settings)
+
+
+def make_realistic(model, std=0.15, seed=0):
+    """Weights of the size trained models have (default init makes every output ~0 and hides bugs)."""
+    from mabert import PowerNorm
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.weight.copy_(torch.randn(module.weight.shape, generator=generator) * std)
+                module.bias.copy_(torch.randn(module.bias.shape, generator=generator) * 0.05)
+            elif isinstance(module, PowerNorm):
+                module.running_phi.copy_(torch.rand(module.running_phi.shape, generator=generator) * 3 + 0.2)
+                module.bias.copy_(torch.randn(module.bias.shape, generator=generator) * 0.1)
+    return model.eval()

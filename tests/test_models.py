@@ -1,0 +1,104 @@
+import pytest
+import torch
+from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, BertTokenizerFast, pipeline
+
+import mabert
+from conftest import make_realistic, tiny_bert_config, tiny_distilbert_config
+from mabert.errors import MABertError
+
+
+def _models():
+    return [
+        mabert.MABertForSequenceClassification(tiny_bert_config(softmax_mask_mode="masked")),
+        mabert.MADistilBertForSequenceClassification(tiny_distilbert_config(softmax_mask_mode="masked")),
+    ]
+
+
+@pytest.mark.parametrize("model", _models(), ids=["bert", "distilbert"])
+def test_masked_mode_is_length_independent(model):
+    """A 9-token sentence gives the same outputs unpadded, padded to 12, and padded to L = 16."""
+    torch.manual_seed(0)
+    make_realistic(model)
+    ids = torch.randint(5, 64, (1, 9))
+    with torch.no_grad():
+        base = model(ids, attention_mask=torch.ones(1, 9), output_hidden_states=True)
+        for total in (12, 16):
+            padded = torch.cat([ids, torch.randint(5, 64, (1, total - 9))], dim=1)  # junk, not even pad ids
+            mask = torch.cat([torch.ones(1, 9), torch.zeros(1, total - 9)], dim=1)
+            out = model(padded, attention_mask=mask, output_hidden_states=True)
+            torch.testing.assert_close(out.logits, base.logits, atol=1e-5, rtol=1e-5)
+            for a, b in zip(out.hidden_states, base.hidden_states):
+                torch.testing.assert_close(a[:, :9], b, atol=1e-5, rtol=1e-5)
+
+
+def test_multiply_mode_depends_on_padding():
+    """The upstream rule lets padded keys through, which is why the masked mode exists."""
+    torch.manual_seed(0)
+    model = make_realistic(mabert.MABertForSequenceClassification(tiny_bert_config(softmax_mask_mode="multiply")))
+    ids = torch.randint(5, 64, (1, 9))
+    padded = torch.cat([ids, torch.zeros(1, 7, dtype=torch.long)], dim=1)
+    with torch.no_grad():
+        a = model(ids).logits
+        b = model(padded, attention_mask=(torch.arange(16) < 9).long()[None]).logits
+    assert (a - b).abs().max() > 1e-3
+
+
+def test_sequence_longer_than_L_is_a_clear_error():
+    model = mabert.MABertForSequenceClassification(tiny_bert_config())
+    with pytest.raises(MABertError, match="accepts at most 16"):
+        model(torch.ones(1, 17, dtype=torch.long))
+
+
+def test_switches_each_work_alone():
+    torch.manual_seed(0)
+    ids = torch.randint(5, 64, (2, 10))
+    for overrides in ({"use_softmax_approx": False}, {"norm_type": "layer"}, {"ffn_hidden_act": "gelu"},
+                      {"share_softmax_nn": True}, {"pooler_act": "relu"}):
+        model = mabert.MABertForSequenceClassification(tiny_bert_config(**overrides)).eval()
+        assert torch.isfinite(model(ids).logits).all()
+    no_approx = mabert.MABertModel(tiny_bert_config(use_softmax_approx=False))
+    assert not any("softmax" in k for k in no_approx.state_dict())
+    layer_norm = mabert.MABertModel(tiny_bert_config(norm_type="layer"))
+    assert not any("running_phi" in k for k in layer_norm.state_dict())
+    with pytest.raises(ValueError, match="norm_type"):
+        tiny_bert_config(norm_type="batch")
+
+
+def test_regression_head_uses_mse():
+    model = mabert.MABertForSequenceClassification(tiny_bert_config(num_labels=1)).eval()
+    ids = torch.randint(5, 64, (3, 8))
+    labels = torch.tensor([0.5, 2.0, 4.5])
+    out = model(ids, labels=labels)
+    torch.testing.assert_close(out.loss, torch.nn.functional.mse_loss(out.logits.squeeze(-1), labels))
+    assert model.config.problem_type == "regression"
+
+
+@pytest.mark.parametrize("config", [tiny_bert_config(share_softmax_nn=True), tiny_distilbert_config()],
+                         ids=["bert-shared", "distilbert"])
+def test_save_load_round_trip_through_auto_classes_and_pipeline(config, tmp_path, tiny_vocab):
+    torch.manual_seed(0)
+    config.vocab_size = 64
+    model = AutoModelForSequenceClassification.from_config(config).eval()
+    for module in model.modules():  # make PowerNorm statistics non-trivial so a lost buffer shows
+        if isinstance(module, mabert.PowerNorm):
+            module.running_phi.uniform_(0.5, 2.0)
+    tokenizer = BertTokenizerFast(vocab_file=str(tiny_vocab))
+    model.save_pretrained(tmp_path / "m")
+    tokenizer.save_pretrained(tmp_path / "m")
+    assert (tmp_path / "m" / "model.safetensors").exists()
+    assert AutoConfig.from_pretrained(tmp_path / "m").model_type == config.model_type
+    loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "m").eval()
+    assert type(loaded) is type(model)
+    ids = torch.randint(5, 28, (2, 10))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, model(ids).logits)
+    assert type(AutoModel.from_pretrained(tmp_path / "m")).__name__.endswith("Model")
+
+    classify = pipeline("text-classification", model=str(tmp_path / "m"))
+    result = classify("the movie was great and the acting was good .")
+    enc = tokenizer("the movie was great and the acting was good .", return_tensors="pt")
+    enc.pop("token_type_ids") if config.model_type == "ma-distilbert" else None
+    with torch.no_grad():
+        probs = torch.softmax(model(**enc).logits, -1)[0]
+    assert result[0]["label"] == model.config.id2label[int(probs.argmax())]
+    assert result[0]["score"] == pytest.approx(float(probs.max()), abs=1e-5)

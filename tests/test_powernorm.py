@@ -1,0 +1,81 @@
+import numpy as np
+import pytest
+import torch
+
+from mabert import PowerNorm
+
+
+def test_inference_form_is_affine():
+    norm = PowerNorm(4, eps=1e-5)
+    with torch.no_grad():
+        norm.weight.copy_(torch.tensor([1.0, 2.0, 0.5, -1.0]))
+        norm.bias.copy_(torch.tensor([0.1, 0.0, -0.2, 0.3]))
+        norm.running_phi.copy_(torch.tensor([0.5, 1.0, 2.0, 4.0]).view(1, 4, 1, 1))
+    norm.eval()
+    x = torch.randn(2, 3, 4)
+    want = x * norm.weight / torch.sqrt(torch.tensor([0.5, 1.0, 2.0, 4.0]) + 1e-5) + norm.bias
+    torch.testing.assert_close(norm(x), want)
+    scale, shift = norm.inference_affine()
+    torch.testing.assert_close(x * scale + shift, want)
+
+
+def test_training_statistics_step_by_step():
+    """Warm-up uses the batch second moment; φ follows the reference update every accumulation_step forwards."""
+    warmup, accumulate, alpha, eps = 4, 2, 0.9, 1e-6
+    norm = PowerNorm(3, eps=eps, alpha_fwd=alpha, warmup_iters=warmup, accumulation_step=accumulate).train()
+    rng = np.random.default_rng(0)
+    phi, acc = np.ones(3), np.zeros(3)
+    for step in range(1, 9):
+        x = rng.normal(size=(2, 5, 3)).astype(np.float32) * (step % 3 + 1)
+        second_moment = (x.reshape(-1, 3).astype(np.float64) ** 2).mean(0)  # no mean subtraction
+        divisor = second_moment if step <= warmup else phi.copy()
+        out = norm(torch.from_numpy(x)).detach().numpy()
+        np.testing.assert_allclose(out, x / np.sqrt(divisor + eps), rtol=1e-4, atol=1e-5)
+        acc = acc + second_moment / accumulate
+        if step % accumulate == 0:
+            if step < warmup:
+                phi = phi * (step - 1) / step + acc / step
+            phi = alpha * phi + (1 - alpha) * acc
+            acc = np.zeros(3)
+        assert int(norm.iters) == step
+        np.testing.assert_allclose(norm.running_phi.view(-1).numpy(), phi, rtol=1e-5)
+        np.testing.assert_allclose(norm.accumulated_var.view(-1).numpy(), acc, rtol=1e-5, atol=1e-7)
+
+
+def test_approximate_backward_and_ema_gz():
+    eps, alpha_bkw = 1e-6, 0.9
+    norm = PowerNorm(3, eps=eps, alpha_bkw=alpha_bkw, warmup_iters=100).train()
+    with torch.no_grad():
+        norm.weight.copy_(torch.tensor([1.5, -0.5, 2.0]))
+        norm.ema_gz.copy_(torch.tensor([0.1, -0.2, 0.3]).view(1, 3, 1, 1))
+    x = torch.randn(4, 6, 3, requires_grad=True)
+    grad_out = torch.randn(4, 6, 3)
+    norm(x).backward(grad_out)
+
+    xs, g = x.detach().numpy().reshape(-1, 3).astype(np.float64), grad_out.numpy().reshape(-1, 3)
+    var = (xs ** 2).mean(0)
+    z = xs / np.sqrt(var + eps)
+    ema = np.array([0.1, -0.2, 0.3])
+    approx = g * np.array([1.5, -0.5, 2.0]) - (1 - alpha_bkw) * ema * z
+    np.testing.assert_allclose(x.grad.numpy().reshape(-1, 3), approx / np.sqrt(var + eps), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(norm.weight.grad.numpy(), (g * z).sum(0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(norm.bias.grad.numpy(), g.sum(0), rtol=1e-5)
+    np.testing.assert_allclose(norm.ema_gz.view(-1).numpy(), ema + (approx * z).mean(0), rtol=1e-4, atol=1e-6)
+
+
+def test_buffers_have_reference_shapes():
+    norm = PowerNorm(7)
+    shapes = {k: tuple(v.shape) for k, v in norm.state_dict().items()}
+    assert shapes == {"weight": (7,), "bias": (7,), "running_phi": (1, 7, 1, 1), "ema_gz": (1, 7, 1, 1),
+                      "iters": (1,), "accumulated_var": (1, 7, 1, 1)}
+    assert norm.iters.dtype == torch.long
+
+
+def test_make_norm_rejects_unknown():
+    from mabert.powernorm import make_norm
+
+    class C:
+        norm_type, hidden_size, layer_norm_eps, warmup_updates, accumulation_step = "batch", 4, 1e-12, 1, 1
+
+    with pytest.raises(ValueError, match="norm_type"):
+        make_norm(C())
