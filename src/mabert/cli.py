@@ -72,7 +72,7 @@ def main(argv=None) -> int:
         return 2
     if isinstance(result, dict):
         print(json.dumps(result, indent=2))
-    return 0
+    return result if isinstance(result, int) else 0
 
 
 if __name__ == "__main__":

@@ -49,3 +49,17 @@ def save_model_dir(model, out_dir: str | Path, tokenizer=None) -> Path:
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
     return Path(out_dir)
+
+
+def load_classifier(path: str | Path):
+    """A sequence classifier (MA or plain HF) from a directory or hub id, in eval mode."""
+    from transformers import AutoModelForSequenceClassification
+
+    import mabert  # noqa: F401  (registers the MA model types)
+    from .errors import MABertError
+
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(str(path)).eval()
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise MABertError(f"cannot load a sequence classifier from {str(path)!r}: {first[:160]}") from None

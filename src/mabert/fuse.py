@@ -1,0 +1,216 @@
+"""Stage 3 — fuse: fold every inference-time PowerNorm, 1/√d and the masking into the linear layers.
+
+The result, `FusedMAModel`, computes logits with matmul, add, multiply-by-constant (the 0/1 mask), ReLU and
+gathers only. The residual stream is stored divided by a per-channel scale C (h = C ⊙ r): a norm
+a = s ⊙ u + t then becomes C ← s ⊙ C, and every linear reading the stream absorbs C into its input
+columns while every linear writing it absorbs 1/C (and the shift t/C) into its output rows. The
+embedding norm lands in the tables (its shift in the position table), the last one in the head.
+
+Attention with the approximator reassociates (S·W1ᵀ = Q·(W1·K)ᵀ, P·V = H·(W2ᵀ·V) + b2·V) when that is
+cheaper at the model's length L, so no T×T score matrix is ever formed.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .errors import MABertError
+from .powernorm import PowerNorm
+
+
+class _Affine:
+    """A norm's inference map in float64: y = x·scale + shift."""
+
+    def __init__(self, norm: nn.Module):
+        if not isinstance(norm, PowerNorm):
+            raise MABertError("only PowerNorm models can be fused exactly (LayerNorm depends on the input); "
+                              "convert with norm_type='power'")
+        scale, shift = norm.inference_affine()
+        self.scale, self.shift = scale.detach().double(), shift.detach().double()
+        if (self.scale.abs() < 1e-12).any():
+            raise MABertError("a PowerNorm has a zero scale channel; it cannot be folded exactly")
+
+
+def _linear(weight, bias):
+    return nn.Parameter(weight.float().contiguous(), requires_grad=False), nn.Parameter(bias.float().contiguous(), requires_grad=False)
+
+
+class FusedLayer(nn.Module):
+    def __init__(self, q, k, v, o, f1, f2, num_heads):
+        super().__init__()
+        self.num_heads = num_heads
+        (self.wq, self.bq), (self.wk, self.bk), (self.wv, self.bv) = q, k, v
+        (self.wo, self.bo), (self.w1, self.b1), (self.w2, self.b2) = o, f1, f2
+
+
+class FusedMAModel(nn.Module):
+    """Matrix-arithmetic-only sequence classifier produced by `fuse`."""
+
+    def __init__(self):
+        super().__init__()
+        self.layers = nn.ModuleList()
+        self.approximators = nn.ParameterList()
+
+    def _split(self, x, heads):
+        batch, length, _ = x.shape
+        return x.view(batch, length, heads, -1).transpose(1, 2)
+
+    def _attention(self, layer, index, r, mask):
+        """r: stored stream (B, T, H); mask (B, T) float. Returns the context (B, T, H)."""
+        length = r.shape[1]
+        w1, b1, w2, b2 = (self.approximators[4 * index + i] for i in range(4))
+        w1, w2, b2 = w1[:, :length], w2[:length], b2[:length]
+        keymask = mask[:, None, :, None]  # (B, 1, T, 1): zero padded keys, as scores × mask does
+        q = self._split(r @ layer.wq.T + layer.bq, layer.num_heads)
+        k = self._split(r @ layer.wk.T + layer.bk, layer.num_heads) * keymask
+        v = self._split(r @ layer.wv.T + layer.bv, layer.num_heads)
+        if self.masked_outputs:
+            v = v * keymask
+        if self.reassociate:
+            hidden = torch.relu(q @ (w1 @ k).transpose(-1, -2) + b1)           # (B, h, T, hid)
+            context = hidden @ (w2.T @ v) + b2[None, :] @ v                            # (B, h, T, d)
+        else:
+            scores = q @ k.transpose(-1, -2)                                    # (B, h, T, T)
+            probs = torch.relu(scores @ w1.T + b1) @ w2.T + b2
+            context = probs @ v
+        batch, heads, _, dim = context.shape
+        return context.transpose(1, 2).reshape(batch, length, heads * dim)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None):
+        length = input_ids.shape[1]
+        if length > self.max_length:
+            raise MABertError(f"input has {length} tokens; this model accepts at most {self.max_length}")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        mask = attention_mask.to(self.position_table.dtype)
+        r = nn.functional.embedding(input_ids, self.word_table) + self.position_table[:length]
+        if self.type_table is not None:
+            if token_type_ids is None:
+                token_type_ids = torch.zeros_like(input_ids)
+            r = r + nn.functional.embedding(token_type_ids, self.type_table)
+        for index, layer in enumerate(self.layers):
+            r = r + self._attention(layer, index, r, mask) @ layer.wo.T + layer.bo
+            r = r + torch.relu(r @ layer.w1.T + layer.b1) @ layer.w2.T + layer.b2
+        first = r[:, 0]
+        pooled = first @ self.pool_w.T + self.pool_b
+        pooled = {"tanh": torch.tanh, "relu": torch.relu, "identity": lambda x: x}[self.pool_act](pooled)
+        if self.pre_w is not None:
+            pooled = pooled @ self.pre_w.T + self.pre_b
+        return pooled @ self.cls_w.T + self.cls_b
+
+
+def _parts(model):
+    """Uniform view of MA-BERT and MA-DistilBERT classifiers."""
+    name = type(model).__name__
+    if name == "MABertForSequenceClassification":
+        base = model.bert
+        layers = []
+        for layer in base.encoder.layer:
+            att = layer.attention
+            layers.append(dict(q=att.self.query, k=att.self.key, v=att.self.value, o=att.output.dense,
+                               norm1=att.output.LayerNorm, f1=layer.intermediate.dense, f2=layer.output.dense,
+                               norm2=layer.output.LayerNorm, approx=att.self.approximator,
+                               act=layer.intermediate.intermediate_act_fn))
+        emb = base.embeddings
+        return dict(word=emb.word_embeddings.weight, pos=emb.position_embeddings.weight,
+                    type=emb.token_type_embeddings.weight, norm0=emb.LayerNorm, layers=layers,
+                    pool=base.pooler.dense, pool_act=model.config.pooler_act, pre=None, cls=model.classifier)
+    if name == "MADistilBertForSequenceClassification":
+        base = model.distilbert
+        layers = [dict(q=b.attention.q_lin, k=b.attention.k_lin, v=b.attention.v_lin, o=b.attention.out_lin,
+                       norm1=b.sa_layer_norm, f1=b.ffn.lin1, f2=b.ffn.lin2, norm2=b.output_layer_norm,
+                       approx=b.attention.approximator, act=b.ffn.activation) for b in base.transformer.layer]
+        emb = base.embeddings
+        # DistilBERT's head is Linear → ReLU → Linear; represent it as pooler(relu) + classifier.
+        return dict(word=emb.word_embeddings.weight, pos=emb.position_embeddings.weight, type=None,
+                    norm0=emb.LayerNorm, layers=layers, pool=model.pre_classifier, pool_act="relu", pre=None,
+                    cls=model.classifier)
+    raise MABertError(f"fuse takes an MA-BERT or MA-DistilBERT sequence classifier, got {name}")
+
+
+@torch.no_grad()
+def fuse(model, check: bool = True, reassociate: bool | None = None) -> FusedMAModel:
+    """Exact matrix-arithmetic-only version of an MA sequence classifier (eval-mode semantics)."""
+    config = model.config
+    if not config.use_softmax_approx:
+        raise MABertError("this model uses the real softmax; only models with the softmax approximator can be fused")
+    parts = _parts(model)
+    fused = FusedMAModel()
+    num_heads = config.num_attention_heads
+    hidden = config.hidden_size
+    head_dim = hidden // num_heads
+    approx_in, approx_hidden = config.softmax_input_size, config.softmax_hidden_layer_size
+    fused.max_length = approx_in
+    fused.masked_outputs = config.softmax_mask_mode == "masked"
+    # cost per head at T = L: scores order T²(d+h) vs reassociated 2·T·h·d (+ small terms)
+    fused.reassociate = (2 * approx_hidden * head_dim < approx_in * (head_dim + approx_hidden)
+                         if reassociate is None else reassociate)
+    fused.pool_act = parts["pool_act"]
+
+    norm0 = _Affine(parts["norm0"])
+    scale = norm0.scale.clone()                       # C: h = C ⊙ r
+    word = parts["word"].double()
+    pos = parts["pos"].double() + norm0.shift / scale  # h0 = s0⊙e + t0  →  r0 = e + t0/s0
+    fused.word_table = nn.Parameter(word.float(), requires_grad=False)
+    fused.position_table = nn.Parameter(pos.float(), requires_grad=False)
+    fused.type_table = (nn.Parameter(parts["type"].float(), requires_grad=False)
+                        if parts["type"] is not None else None)
+
+    inv_sqrt_d = head_dim ** -0.5
+    for spec in parts["layers"]:
+        if not isinstance(spec["act"], nn.ReLU) and type(spec["act"]).__name__ != "ReLU":
+            raise MABertError("fuse needs the ReLU feed-forward (ffn_hidden_act='relu')")
+        def reader(linear, factor=1.0):
+            return _linear(linear.weight.double() * scale[None, :] * factor, linear.bias.double() * factor)
+        q, k, v = reader(spec["q"], inv_sqrt_d), reader(spec["k"]), reader(spec["v"])
+        norm1 = _Affine(spec["norm1"])
+        new_scale = norm1.scale * scale
+        o = _linear(spec["o"].weight.double() / scale[:, None], spec["o"].bias.double() / scale + norm1.shift / new_scale)
+        scale = new_scale
+        f1 = reader(spec["f1"])
+        norm2 = _Affine(spec["norm2"])
+        new_scale = norm2.scale * scale
+        f2 = _linear(spec["f2"].weight.double() / scale[:, None], spec["f2"].bias.double() / scale + norm2.shift / new_scale)
+        scale = new_scale
+        fused.layers.append(FusedLayer(q, k, v, o, f1, f2, num_heads))
+        approx = spec["approx"].linear_relu_stack
+        for tensor in (approx[0].weight, approx[0].bias, approx[2].weight, approx[2].bias):
+            fused.approximators.append(nn.Parameter(tensor.detach().float().clone(), requires_grad=False))
+
+    fused.pool_w, fused.pool_b = _linear(parts["pool"].weight.double() * scale[None, :], parts["pool"].bias.double())
+    fused.pre_w = fused.pre_b = None
+    fused.cls_w, fused.cls_b = _linear(parts["cls"].weight.double(), parts["cls"].bias.double())
+    fused.config = config
+    fused.eval()
+    if check:
+        check_parity(model, fused)
+    return fused
+
+
+def parity_inputs(config, batch: int = 3, length: int | None = None, seed: int = 0):
+    """A padded batch: one full row, one half, one very short."""
+    length = length or min(config.softmax_input_size, 32)
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, config.vocab_size, (batch, length), generator=generator)
+    mask = torch.ones(batch, length, dtype=torch.long)
+    for row, real in zip(range(1, batch), (length // 2, 3)):
+        mask[row, real:] = 0
+        ids[row, real:] = config.pad_token_id or 0
+    return ids, mask
+
+
+@torch.no_grad()
+def check_parity(model, fused, rtol: float = 1e-4) -> float:
+    """Relative max error of fused vs unfused logits on a padded batch; raises above rtol."""
+    model.eval()
+    worst = 0.0
+    for length in sorted({min(16, model.config.softmax_input_size), model.config.softmax_input_size}):
+        ids, mask = parity_inputs(model.config, length=length)
+        want = model(ids, attention_mask=mask).logits
+        got = fused(ids, attention_mask=mask)
+        error = ((got - want).abs().max() / want.abs().max().clamp_min(1e-6)).item()
+        worst = max(worst, error)
+    if worst > rtol:
+        raise MABertError(f"fused model disagrees with the original (relative error {worst:.2e} > {rtol:.0e}); "
+                          "nothing was written")
+    return worst
