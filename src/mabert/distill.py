@@ -1,0 +1,74 @@
+"""Technique 4: knowledge transfer from a baseline teacher.
+
+loss = α·CE(student/T, softmax(teacher/T)) + (1−α)·task + β·(Σ hidden MSE + 100·Σ attention MSE)
+For regression (one output) the soft-logit term is an MSE between the two predictions instead.
+Hidden states and attention maps are compared on real tokens only; a student with fewer layers
+reads every k-th teacher layer (`layer_map`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+ATTENTION_WEIGHT = 100.0
+
+
+@dataclass
+class KDWeights:
+    alpha: float = 0.9
+    temperature: float = 15.0
+    beta: float = 1.0
+
+
+def layer_map(student_layers: int, teacher_layers: int) -> list[int]:
+    """Teacher layer (1-based; 0 = embeddings) matched to each student layer 1..S, evenly spaced."""
+    if student_layers > teacher_layers:
+        raise ValueError(f"student has more layers ({student_layers}) than the teacher ({teacher_layers})")
+    return [round((i + 1) * teacher_layers / student_layers) for i in range(student_layers)]
+
+
+def soft_cross_entropy(student_logits, teacher_logits, temperature: float) -> torch.Tensor:
+    targets = torch.softmax(teacher_logits / temperature, dim=-1)
+    return -(targets * torch.log_softmax(student_logits / temperature, dim=-1)).sum(-1).mean()
+
+
+def masked_mse(student, teacher, token_mask) -> torch.Tensor:
+    """MSE over real tokens: token_mask (B, T) broadcast over the feature axis."""
+    weight = token_mask[..., None].to(student.dtype)
+    return ((student - teacher) ** 2 * weight).sum() / (weight.sum() * student.shape[-1]).clamp_min(1)
+
+
+def attention_mse(student, teacher, token_mask) -> torch.Tensor:
+    """MSE between (B, H, T, T) maps over real query rows and real key columns."""
+    m = token_mask.to(student.dtype)
+    weight = m[:, None, :, None] * m[:, None, None, :]
+    return ((student - teacher) ** 2 * weight).sum() / (weight.sum() * student.shape[1]).clamp_min(1)
+
+
+def kd_loss(student_out, teacher_out, labels, attention_mask, weights: KDWeights = KDWeights(),
+            num_labels: int = 2) -> dict[str, torch.Tensor]:
+    """All loss terms and their weighted total."""
+    s_logits, t_logits = student_out.logits, teacher_out.logits.detach()
+    if num_labels == 1:
+        soft = nn.functional.mse_loss(s_logits.squeeze(-1), t_logits.squeeze(-1))
+        task = nn.functional.mse_loss(s_logits.squeeze(-1), labels.to(s_logits.dtype))
+    else:
+        soft = soft_cross_entropy(s_logits, t_logits, weights.temperature)
+        task = nn.functional.cross_entropy(s_logits, labels)
+    terms = {"soft": soft, "task": task}
+    hidden = attention = s_logits.new_zeros(())
+    if weights.beta:
+        s_layers = len(student_out.hidden_states) - 1
+        mapping = layer_map(s_layers, len(teacher_out.hidden_states) - 1)
+        hidden = masked_mse(student_out.hidden_states[0], teacher_out.hidden_states[0].detach(), attention_mask)
+        for s, t in enumerate(mapping, start=1):
+            hidden = hidden + masked_mse(student_out.hidden_states[s], teacher_out.hidden_states[t].detach(),
+                                         attention_mask)
+            attention = attention + attention_mse(student_out.attentions[s - 1],
+                                                  teacher_out.attentions[t - 1].detach(), attention_mask)
+    terms["hidden"], terms["attention"] = hidden, attention
+    terms["total"] = (weights.alpha * soft + (1 - weights.alpha) * task
+                      + weights.beta * (hidden + ATTENTION_WEIGHT * attention))
+    return terms

@@ -1,0 +1,58 @@
+"""int8 variants of exported ONNX models (ONNX Runtime quantization tools)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .io import atomic_file
+
+
+def quantize_dynamic_int8(src: str | Path, dst: str | Path) -> Path:
+    """Weights int8, activations quantized on the fly (ORT dynamic quantization)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with atomic_file(dst) as tmp:
+        import onnx
+
+        # fused ORT ops (Attention, SkipLayerNorm…) have no shape inference: say the default type is fp32
+        quantize_dynamic(str(src), str(tmp.with_suffix(".onnx")), weight_type=QuantType.QInt8,
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+        tmp.with_suffix(".onnx").replace(tmp)
+    return Path(dst)
+
+
+class _Calibration:
+    def __init__(self, feeds):
+        self.feeds = iter(feeds)
+
+    def get_next(self):
+        return next(self.feeds, None)
+
+
+def quantize_static_int8(src: str | Path, dst: str | Path, calibration_feeds: list[dict]) -> Path:
+    """Static int8 (calibrated activation ranges, QOperator integer kernels): every MatMul/Add runs in
+    int8 with scales fixed at export time. `calibration_feeds`: ONNX input dicts from task data."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    with atomic_file(dst) as tmp:
+        out = tmp.with_suffix(".onnx")
+        quantize_static(
+            str(src), str(out), _Calibration(calibration_feeds), quant_format=QuantFormat.QOperator,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gather"],
+            calibrate_method=CalibrationMethod.MinMax, extra_options={"ActivationSymmetric": False},
+        )
+        out.replace(tmp)
+    return Path(dst)
+
+
+def onnx_predict(path: str | Path, batches, threads: int = 2) -> np.ndarray:
+    """Logits of an ONNX model over (input_ids, attention_mask[, token_type_ids]) numpy batches."""
+    import onnxruntime as ort
+
+    from .export import onnx_feed
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return np.concatenate([session.run(None, onnx_feed(session, *batch))[0] for batch in batches])

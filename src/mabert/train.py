@@ -1,0 +1,248 @@
+"""Stage 2 — train: teacher fine-tuning, approximator fitting, and KD fine-tuning, on one loop that runs
+alone or under `accelerate launch` (DDP), with atomic checkpoints, --resume and a NaN guard."""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Sampler
+from tqdm.auto import tqdm
+from transformers import DataCollatorWithPadding, get_linear_schedule_with_warmup
+
+from .distill import KDWeights, kd_loss
+from .errors import MABertError
+from .io import atomic_dir, atomic_file
+from .metrics import compute_metrics
+
+
+@dataclass
+class TrainSettings:
+    epochs: float = 1.0
+    max_steps: int | None = None
+    batch_size: int = 32
+    lr: float = 2e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    seed: int = 0
+    save_every: int = 0            # steps between checkpoints (0: none)
+    resume: bool = False
+    log_every: int = 10
+    kd: KDWeights = field(default_factory=KDWeights)
+
+
+class EpochShuffle(Sampler):
+    """A permutation drawn from (seed, epoch): the same order again after a resume."""
+
+    def __init__(self, size: int, seed: int):
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self):
+        return self.size
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 1000 + self.epoch)
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+
+def pads_to_full_length(model) -> int | None:
+    """Models using the original multiply masking must see length-L inputs; others pad dynamically."""
+    config = getattr(model, "config", None)
+    if getattr(config, "use_softmax_approx", False) and getattr(config, "softmax_mask_mode", "") == "multiply":
+        return config.softmax_input_size
+    return None
+
+
+def make_loader(dataset, tokenizer, batch_size: int, shuffle_seed: int | None = None, pad_to: int | None = None):
+    collator = DataCollatorWithPadding(tokenizer, padding="max_length" if pad_to else "longest", max_length=pad_to)
+    sampler = EpochShuffle(len(dataset), shuffle_seed) if shuffle_seed is not None else None
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collator)
+
+
+def _labels_key(batch):
+    if "labels" not in batch and "label" in batch:
+        batch["labels"] = batch.pop("label")
+    return batch
+
+
+def _model_inputs(model, batch):
+    names = ("input_ids", "attention_mask", "token_type_ids")
+    if getattr(model.config, "model_type", "") in ("distilbert", "ma-distilbert"):
+        names = ("input_ids", "attention_mask")
+    return {k: batch[k] for k in names if k in batch}
+
+
+def train_loop(model, loader, step_loss, out_dir: Path, settings: TrainSettings, description: str,
+               extra_models=()) -> dict:
+    """Generic loop. `step_loss(batch)` returns a dict of loss terms with a "total"."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    set_seed(settings.seed)
+    steps_per_epoch = len(loader)
+    total_steps = settings.max_steps or max(1, math.ceil(settings.epochs * steps_per_epoch))
+    no_decay = ("bias", "LayerNorm.weight", "norm.weight", "layer_norm.weight")
+    groups = [
+        {"params": [p for n, p in model.named_parameters() if p.requires_grad and not any(k in n for k in no_decay)],
+         "weight_decay": settings.weight_decay},
+        {"params": [p for n, p in model.named_parameters() if p.requires_grad and any(k in n for k in no_decay)],
+         "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW(groups, lr=settings.lr)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(settings.warmup_ratio * total_steps), total_steps)
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    for extra in extra_models:
+        extra.to(accelerator.device)
+    checkpoint_dir = out_dir / "checkpoint"
+    step = 0
+    if settings.resume and (checkpoint_dir / "state.json").exists():
+        accelerator.load_state(str(checkpoint_dir))
+        step = json.loads((checkpoint_dir / "state.json").read_text())["step"]
+    history = []
+    start = time.time()
+    bar = tqdm(total=total_steps, initial=step, desc=description, disable=not accelerator.is_local_main_process,
+               dynamic_ncols=True)
+    sampler = getattr(loader, "sampler", None)
+    model.train()
+    while step < total_steps:
+        epoch, skip = divmod(step, steps_per_epoch)
+        _set_epoch(loader, epoch)
+        batches = accelerator.skip_first_batches(loader, skip) if skip else loader
+        for batch in batches:
+            torch.manual_seed(settings.seed * 100003 + step)  # dropout identical after a resume
+            terms = step_loss(_labels_key(batch))
+            loss = terms["total"]
+            if not torch.isfinite(loss.detach()).all():
+                raise MABertError(f"{description}: loss became {loss.item()} at step {step + 1}; nothing was saved. "
+                                  "Lower --lr or check the data")
+            accelerator.backward(loss)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+            step += 1
+            record = {"step": step, **{k: float(v.detach()) for k, v in terms.items()}}
+            history.append(record)
+            if step % settings.log_every == 0 or step == total_steps:
+                bar.set_postfix(loss=f"{record['total']:.4f}")
+            bar.update(1)
+            if settings.save_every and step % settings.save_every == 0 and step < total_steps:
+                _save_checkpoint(accelerator, checkpoint_dir, step)
+            if step >= total_steps:
+                break
+    bar.close()
+    accelerator.wait_for_everyone()
+    del sampler
+    return {"steps": step, "wall_time_s": time.time() - start, "history": history,
+            "model": accelerator.unwrap_model(model), "accelerator": accelerator}
+
+
+def _set_epoch(loader, epoch):
+    for holder in (loader, getattr(loader, "base_dataloader", None)):
+        sampler = getattr(holder, "sampler", None) if holder is not None else None
+        for candidate in (sampler, getattr(sampler, "sampler", None), getattr(getattr(holder, "batch_sampler", None), "sampler", None)):
+            if isinstance(candidate, EpochShuffle):
+                candidate.set_epoch(epoch)
+                return
+    if hasattr(loader, "set_epoch"):
+        loader.set_epoch(epoch)
+
+
+def _save_checkpoint(accelerator, checkpoint_dir: Path, step: int) -> None:
+    if accelerator.is_main_process:
+        with atomic_dir(checkpoint_dir) as tmp:
+            accelerator.save_state(str(tmp))
+            (tmp / "state.json").write_text(json.dumps({"step": step}))
+    accelerator.wait_for_everyone()
+
+
+def finetune(model, tokenizer, train_set, out_dir, settings: TrainSettings, max_length: int = 128) -> dict:
+    """Plain fine-tuning (the teacher)."""
+    from .data import tokenize
+
+    out_dir = Path(out_dir)
+    loader = make_loader(tokenize(train_set, tokenizer, max_length), tokenizer, settings.batch_size, settings.seed,
+                         pads_to_full_length(model))
+    result = train_loop(model, loader, lambda b: {"total": model(**_model_inputs(model, b), labels=b["labels"]).loss},
+                        out_dir, settings, "fine-tune teacher")
+    return _finish(result, tokenizer, out_dir, settings)
+
+
+def distill(teacher, student, tokenizer, train_set, out_dir, settings: TrainSettings) -> dict:
+    """KD fine-tuning of an MA student on a labelled task."""
+    from .data import tokenize
+
+    out_dir = Path(out_dir)
+    _eager_attention(teacher)
+    teacher.eval()
+    max_length = student.config.softmax_input_size
+    loader = make_loader(tokenize(train_set, tokenizer, max_length), tokenizer, settings.batch_size, settings.seed,
+                         pads_to_full_length(student))
+    num_labels = student.config.num_labels
+
+    def step_loss(batch):
+        with torch.no_grad():
+            t_out = teacher(**_model_inputs(teacher, batch), output_hidden_states=True, output_attentions=True)
+        s_out = student(**_model_inputs(student, batch), output_hidden_states=True, output_attentions=True)
+        return kd_loss(s_out, t_out, batch["labels"], batch["attention_mask"], settings.kd, num_labels)
+
+    result = train_loop(student, loader, step_loss, out_dir, settings, "distill MA student", extra_models=(teacher,))
+    return _finish(result, tokenizer, out_dir, settings)
+
+
+def _eager_attention(model) -> None:
+    """Attention maps are needed from the teacher; SDPA kernels do not return them."""
+    if hasattr(model, "set_attn_implementation"):
+        try:
+            model.set_attn_implementation("eager")
+            return
+        except Exception:  # older/other models: fall back to the config switch
+            pass
+    model.config._attn_implementation = "eager"
+
+
+def _finish(result, tokenizer, out_dir: Path, settings: TrainSettings) -> dict:
+    model, accelerator = result.pop("model"), result.pop("accelerator")
+    model.eval()
+    summary = {"steps": result["steps"], "wall_time_s": round(result["wall_time_s"], 2),
+               "final_loss": result["history"][-1]["total"] if result["history"] else None,
+               "settings": {k: v for k, v in asdict(settings).items()}}
+    if accelerator.is_main_process:
+        from .io import save_model_dir
+
+        save_model_dir(model, out_dir / "model", tokenizer)
+        with atomic_file(out_dir / "history.json") as tmp:
+            tmp.write_text(json.dumps(result["history"]))
+        with atomic_file(out_dir / "summary.json") as tmp:
+            tmp.write_text(json.dumps(summary, indent=2))
+    summary["history"] = result["history"]
+    summary["model"] = model
+    return summary
+
+
+@torch.no_grad()
+def predict(model, tokenizer, dataset, batch_size: int = 64, max_length: int = 128):
+    """Class ids (or scores for regression) and gold labels."""
+    from .data import tokenize
+
+    model.eval()
+    max_length = min(max_length, getattr(model.config, "softmax_input_size", max_length))
+    loader = make_loader(tokenize(dataset, tokenizer, max_length), tokenizer, batch_size,
+                         pad_to=pads_to_full_length(model))
+    predictions, labels = [], []
+    for batch in loader:
+        logits = model(**_model_inputs(model, batch)).logits
+        predictions.append(logits.squeeze(-1) if logits.shape[-1] == 1 else logits.argmax(-1))
+        labels.append(batch["labels"] if "labels" in batch else batch["label"])
+    return torch.cat(predictions).numpy(), torch.cat(labels).numpy()
+
+
+def evaluate(model, tokenizer, dataset, task, batch_size: int = 64) -> dict:
+    predictions, labels = predict(model, tokenizer, dataset, batch_size)
+    return compute_metrics(task.metric, predictions, labels)
