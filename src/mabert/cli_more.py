@@ -26,7 +26,190 @@ def _audit(args):
     return 0 if report["passed"] else 1
 
 
+def _demo(args):
+    from .demo import DemoSettings, Pipeline
+
+    preset = DemoSettings.full if args.full else (DemoSettings.toy if args.toy else DemoSettings)
+    settings = preset(teacher=args.teacher, task=args.task, data_dir=args.data, seed=args.seed, threads=args.threads)
+    Pipeline(args.out, settings, force=args.force).run()
+
+
+def _train_settings(args):
+    from .distill import KDWeights
+    from .train import TrainSettings
+
+    return TrainSettings(epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr,
+                         weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio, seed=args.seed,
+                         save_every=args.save_every, resume=args.resume,
+                         kd=KDWeights(getattr(args, "alpha", 0.9), getattr(args, "temperature", 15.0),
+                                      getattr(args, "beta", 1.0)))
+
+
+def _load_split(args, split):
+    from .data import load_task
+
+    task, data = load_task(args.task, split, args.data_dir, args.text_columns, args.label_column)
+    if split == "train" and args.train_limit and len(data) > args.train_limit:
+        data = data.shuffle(seed=args.seed).select(range(args.train_limit))
+    return task, data
+
+
+def _finetune(args):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from .train import finetune
+
+    task, train = _load_split(args, "train")
+    model = AutoModelForSequenceClassification.from_pretrained(args.model, num_labels=task.num_labels)
+    summary = finetune(model, AutoTokenizer.from_pretrained(args.model), train, args.out, _train_settings(args))
+    print(f"fine-tuned {summary['steps']} steps in {summary['wall_time_s']} s → {args.out}/model")
+
+
+def _distill(args):
+    from transformers import AutoTokenizer
+
+    from .io import load_classifier
+    from .train import distill
+
+    _, train = _load_split(args, "train")
+    summary = distill(load_classifier(args.teacher), load_classifier(args.student),
+                      AutoTokenizer.from_pretrained(args.student), train, args.out, _train_settings(args))
+    print(f"distilled {summary['steps']} steps in {summary['wall_time_s']} s → {args.out}/model")
+
+
+def _fit_softmax(args):
+    from transformers import AutoTokenizer
+
+    from .data import tokenize
+    from .fitting import collect_score_rows, fit_student_approximators
+    from .io import load_classifier, save_model_dir
+    from .train import make_loader
+
+    _, train = _load_split(args, "train")
+    student, teacher = load_classifier(args.student), load_classifier(args.teacher)
+    tokenizer = AutoTokenizer.from_pretrained(args.student)
+    length = student.config.softmax_input_size
+    loader = make_loader(tokenize(train.select(range(min(len(train), args.texts))), tokenizer, length), tokenizer, 32)
+    errors = fit_student_approximators(student, collect_score_rows(teacher, loader, length), steps=args.steps)
+    save_model_dir(student, args.out, tokenizer)
+    for layer, error in enumerate(errors, start=1):
+        print(f"layer {layer}: MSE to softmax {error:.3e}")
+
+
+def _evaluate(args):
+    import json
+
+    from transformers import AutoTokenizer
+
+    from .io import atomic_file, load_classifier
+    from .train import evaluate
+
+    task, data = _load_split(args, args.split)
+    metrics = evaluate(load_classifier(args.model), AutoTokenizer.from_pretrained(args.model), data, task)
+    result = {"model": str(args.model), "task": args.task, "split": args.split, "examples": len(data), **metrics}
+    if args.out:
+        with atomic_file(args.out) as tmp:
+            tmp.write_text(json.dumps(result, indent=2))
+    return result
+
+
+def _bench(args):
+    from .bench import format_benchmark, random_pair, run_benchmark
+    from .io import load_classifier
+
+    if args.teacher and args.student:
+        teacher, student = load_classifier(args.teacher), load_classifier(args.student)
+    else:
+        teacher, student = random_pair(args.shape)
+    report = run_benchmark(teacher, student, args.out, threads=args.threads, repeats=args.repeats,
+                           real_lengths=[int(x) for x in args.real_lengths.split(",")] if args.real_lengths else None,
+                           include_int8=not args.no_int8)
+    print(format_benchmark(report))
+    print(f"wrote {args.out}/bench.json and bench.png")
+
+
+def _data_args(p, split=False):
+    p.add_argument("--task", required=True, help="GLUE name, rotten_tomatoes, or a .csv/.tsv file")
+    p.add_argument("--data-dir", help="GLUE folder (default: the hub, online only)")
+    p.add_argument("--text-columns", nargs="+", help="for CSV/TSV tasks (default: text)")
+    p.add_argument("--label-column", default="label")
+    p.add_argument("--train-limit", type=int, help="use a seeded subset of this many training examples")
+    if split:
+        p.add_argument("--split", default="dev", choices=["train", "dev", "test"])
+
+
+def _train_args(p, lr):
+    p.add_argument("--epochs", type=float, default=3.0)
+    p.add_argument("--max-steps", type=int)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=lr)
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--warmup-ratio", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (atomic)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
+
+
 def add_verbs(verbs) -> None:
+    p = verbs.add_parser("demo", help="offline end-to-end demo on the installed MiniLM-L6 and Rotten Tomatoes")
+    p.add_argument("--out", default="mabert-demo")
+    p.add_argument("--teacher", help="teacher model dir or hub id (default: installed all-MiniLM-L6-v2)")
+    p.add_argument("--task", default="rotten_tomatoes")
+    p.add_argument("--data", help="GLUE folder for GLUE tasks")
+    p.add_argument("--full", action="store_true", help="all training data, more epochs")
+    p.add_argument("--toy", action="store_true", help="a minute-long smoke run")
+    p.add_argument("--force", action="store_true", help="redo finished stages")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_demo)
+
+    p = verbs.add_parser("finetune", help="plain fine-tuning of a BERT teacher")
+    p.add_argument("model")
+    p.add_argument("--out", required=True)
+    _data_args(p)
+    _train_args(p, 5e-5)
+    p.set_defaults(func=_finetune)
+
+    p = verbs.add_parser("fit-softmax", help="fit the student's approximators to the teacher's real score rows")
+    p.add_argument("--teacher", required=True)
+    p.add_argument("--student", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--texts", type=int, default=512)
+    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--seed", type=int, default=0)
+    _data_args(p)
+    p.set_defaults(func=_fit_softmax)
+
+    p = verbs.add_parser("distill", help="KD fine-tuning of an MA student from its teacher")
+    p.add_argument("--teacher", required=True)
+    p.add_argument("--student", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--alpha", type=float, default=0.9)
+    p.add_argument("--temperature", type=float, default=15.0)
+    p.add_argument("--beta", type=float, default=1.0)
+    _data_args(p)
+    _train_args(p, 2e-5)
+    p.set_defaults(func=_distill)
+
+    p = verbs.add_parser("evaluate", help="task metrics of a model (teacher or student), as JSON")
+    p.add_argument("model")
+    p.add_argument("--out", help="write the metrics JSON here")
+    p.add_argument("--seed", type=int, default=0)
+    _data_args(p, split=True)
+    p.set_defaults(func=_evaluate)
+
+    p = verbs.add_parser("bench", help="interleaved latency benchmark: BERT (eager/ORT/int8) vs MA")
+    p.add_argument("--teacher")
+    p.add_argument("--student")
+    p.add_argument("--shape", choices=["bert-base", "minilm"], default="bert-base",
+                   help="random-weight models of this shape when no models are given")
+    p.add_argument("--out", default="mabert-bench")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--real-lengths", help="comma-separated token lengths for the real-length batch")
+    p.add_argument("--no-int8", action="store_true")
+    p.set_defaults(func=_bench)
+
     p = verbs.add_parser("export", help="fuse an MA model (exactly) and export it to ONNX with dynamic axes")
     p.add_argument("model", help="model directory (MA or plain BERT)")
     p.add_argument("out", help="output .onnx file")

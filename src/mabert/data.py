@@ -179,8 +179,10 @@ def load_rotten_tomatoes(split: str, dev_fraction: float = 0.1, test_fraction: f
     if split not in bounds:
         raise MABertError(f"split must be train, dev or test, got {split!r}")
     low, high = bounds[split]
-    picked = [(r["text"], None, int(r["category"] == "fresh")) for r in rows if low <= _movie_bucket(r["movie_name"]) < high]
-    return _as_dataset(picked)
+    picked = [r for r in rows if low <= _movie_bucket(r["movie_name"]) < high]
+    return Dataset.from_dict({"text_a": [r["text"] for r in picked],
+                              "label": [int(r["category"] == "fresh") for r in picked],
+                              "movie": [r["movie_name"] for r in picked]})
 
 
 def load_task(task: str, split: str, data_dir=None, text_columns=None, label_column="label") -> tuple[Task, Dataset]:

@@ -1,0 +1,100 @@
+"""The demo report: a terminal summary and report.md with plots, from the stage records."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .io import atomic_file
+from .metrics import headline
+
+
+def _curves(out: Path) -> str | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = {name: out / name / "history.json" for name in ("teacher", "student")}
+    runs = {k: json.loads(v.read_text()) for k, v in runs.items() if v.exists()}
+    if not runs:
+        return None
+    fig, axes = plt.subplots(1, len(runs), figsize=(6 * len(runs), 4), squeeze=False)
+    for ax, (name, history) in zip(axes[0], runs.items()):
+        steps = [h["step"] for h in history]
+        for key in [k for k in history[0] if k != "step"]:
+            values = [h[key] for h in history]
+            window = max(1, len(values) // 30)
+            smooth = [sum(values[max(0, i - window + 1):i + 1]) / len(values[max(0, i - window + 1):i + 1])
+                      for i in range(len(values))]
+            ax.plot(steps, smooth, label=key)
+        ax.set_yscale("log")
+        ax.set_title(f"{name} training loss")
+        ax.set_xlabel("step")
+        ax.legend()
+    fig.tight_layout()
+    with atomic_file(out / "training_curves.png") as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return "training_curves.png"
+
+
+def summary_rows(records: dict) -> list[tuple[str, str]]:
+    rows = []
+    teacher, student = records.get("teacher", {}), records.get("distill", {})
+    if teacher and student:
+        key, t_value = headline(teacher["metrics"])
+        _, s_value = headline(student["metrics"])
+        rows.append((f"teacher {key} ({teacher.get('eval_split', 'held-out')})", f"{t_value:.4f}"))
+        rows.append((f"MA student {key}", f"{s_value:.4f}  (Δ {100 * (s_value - t_value):+.2f} points)"))
+    export = records.get("export", {})
+    for name, metrics in export.get("onnx_metrics", {}).items():
+        rows.append((f"{name} ONNX {headline(metrics)[0]}", f"{headline(metrics)[1]:.4f}"))
+    if export:
+        audit = export["audit_student"]
+        rows.append(("audit MA student ONNX", "PASS" if audit["passed"] else f"FAIL {audit['forbidden']}"))
+        rows.append(("audit BERT teacher ONNX", "PASS" if export["audit_teacher"]["passed"]
+                     else "FAIL (has " + ", ".join(export["audit_teacher"]["forbidden"]) + ")"))
+    bench = records.get("bench", {}).get("bench")
+    if bench:
+        for work, data in bench["workloads"].items():
+            c = data["candidates"]
+            if "MA fused ORT fp32" in c:
+                rows.append((f"{work}: MA fused ORT fp32 vs BERT ORT",
+                             f"{c['MA fused ORT fp32']['speedup_vs BERT ORT optimized fp32']:.2f}×"))
+            if "MA fused ORT int8" in c:
+                rows.append((f"{work}: MA int8 vs BERT dynamic int8",
+                             f"{c['MA fused ORT int8']['speedup_vs BERT ORT dynamic int8']:.2f}×"))
+    return rows
+
+
+def write_report(out: Path, records: dict, settings: dict) -> Path:
+    rows = summary_rows(records)
+    width = max((len(k) for k, _ in rows), default=10)
+    print("\n" + "\n".join(f"  {k:<{width}}  {v}" for k, v in rows))
+    curves = _curves(out)
+    lines = ["# mabert demo report", "", "| measure | value |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in rows]
+    export = records.get("export")
+    if export:
+        lines += ["", "## Operator audit", "", "| op | BERT teacher | MA student |", "|---|---|---|"]
+        teacher_ops, student_ops = export["audit_teacher"]["op_counts"], export["audit_student"]["op_counts"]
+        for op in sorted(set(teacher_ops) | set(student_ops)):
+            lines.append(f"| {op} | {teacher_ops.get(op, '')} | {student_ops.get(op, '')} |")
+    if "convert" in records:
+        errors = records["convert"]["approximator_mse_per_layer"]
+        lines += ["", "## Approximator fit (MSE to softmax on teacher score rows)", "",
+                  " ".join(f"layer {i + 1}: {e:.2e}" for i, e in enumerate(errors))]
+    if curves:
+        lines += ["", "## Training", "", f"![training curves]({curves})"]
+    if (out / "bench" / "bench.png").exists():
+        from .bench import format_benchmark
+
+        lines += ["", "## Benchmark", "", "![benchmark](bench/bench.png)", "", "```",
+                  format_benchmark(records["bench"]["bench"]), "```"]
+    lines += ["", "## Stage times (s)", ""] + [f"- {k}: {v.get('stage_seconds', '?')}" for k, v in records.items()]
+    lines += ["", "## Settings", "", "```json", json.dumps(settings, indent=2), "```", ""]
+    path = out / "report.md"
+    with atomic_file(path) as tmp:
+        tmp.write_text("\n".join(lines))
+    print(f"\nreport: {path}")
+    return path

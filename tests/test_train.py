@@ -1,0 +1,117 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from datasets import Dataset
+from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+import mabert
+from mabert.errors import MABertError
+from mabert.train import TrainSettings, distill, evaluate, finetune
+
+POSITIVE = ["the movie was great", "i liked the film", "good acting and fun story", "very good plot",
+            "great fun", "i liked the acting"]
+NEGATIVE = ["the movie was terrible", "i hated the film", "bad acting and boring story", "very bad plot",
+            "boring", "i hated the acting"]
+
+
+def sentiment_data(repeat=6):
+    texts = (POSITIVE + NEGATIVE) * repeat
+    labels = ([1] * len(POSITIVE) + [0] * len(NEGATIVE)) * repeat
+    return Dataset.from_dict({"text_a": texts, "label": labels})
+
+
+def tiny_teacher(seed=0):
+    torch.manual_seed(seed)
+    return BertForSequenceClassification(BertConfig(
+        vocab_size=28, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
+        max_position_embeddings=64, num_labels=2)).eval()
+
+
+def test_finetune_loss_falls_and_model_learns(tmp_path, tiny_vocab):
+    tokenizer = BertTokenizerFast(vocab_file=str(tiny_vocab))
+    teacher = tiny_teacher()
+    summary = finetune(teacher, tokenizer, sentiment_data(), tmp_path / "t",
+                       TrainSettings(epochs=8, batch_size=8, lr=1e-3))
+    losses = [h["total"] for h in summary["history"]]
+    assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
+    assert evaluate(summary["model"], tokenizer, sentiment_data(1), mabert.data.RT_TASK)["accuracy"] == 1.0
+    assert (tmp_path / "t" / "model" / "model.safetensors").exists()
+    assert json.loads((tmp_path / "t" / "summary.json").read_text())["steps"] == summary["steps"]
+
+
+def test_distill_student_matches_teacher(tmp_path, tiny_vocab):
+    tokenizer = BertTokenizerFast(vocab_file=str(tiny_vocab))
+    teacher = finetune(tiny_teacher(), tokenizer, sentiment_data(), tmp_path / "t",
+                       TrainSettings(epochs=8, batch_size=8, lr=1e-3))["model"]
+    student = mabert.convert(teacher, softmax_input_size=16, softmax_mask_mode="masked", warmup_updates=20,
+                             accumulation_step=1, approximator_init_steps=100)
+    summary = distill(teacher, student, tokenizer, sentiment_data(), tmp_path / "s",
+                      TrainSettings(epochs=6, batch_size=8, lr=1e-3))
+    history = summary["history"]
+    assert all(torch.isfinite(torch.tensor(h["total"])) for h in history)
+    first, last = sum(h["total"] for h in history[:5]), sum(h["total"] for h in history[-5:])
+    assert last < 0.5 * first
+    assert evaluate(summary["model"], tokenizer, sentiment_data(1), mabert.data.RT_TASK)["accuracy"] == 1.0
+
+
+def test_resume_reproduces_uninterrupted_run(tmp_path, tiny_vocab):
+    tokenizer = BertTokenizerFast(vocab_file=str(tiny_vocab))
+    settings = dict(epochs=3, batch_size=8, lr=5e-4, save_every=5)
+    full = finetune(tiny_teacher(), tokenizer, sentiment_data(), tmp_path / "full", TrainSettings(**settings))
+
+    part = tmp_path / "part"
+    first = finetune(tiny_teacher(), tokenizer, sentiment_data(), part, TrainSettings(**{**settings, "max_steps": 12}))
+    assert first["steps"] == 12 and (part / "checkpoint" / "state.json").exists()
+    assert json.loads((part / "checkpoint" / "state.json").read_text())["step"] == 10
+    resumed = finetune(tiny_teacher(seed=1), tokenizer, sentiment_data(), part, TrainSettings(**settings, resume=True))
+    assert resumed["steps"] == full["steps"]
+    assert [h["step"] for h in resumed["history"]][0] == 11
+    for (name, a), b in zip(full["model"].state_dict().items(), resumed["model"].state_dict().values()):
+        torch.testing.assert_close(a, b, msg=name)
+
+
+def test_nan_stops_without_writing(tmp_path, tiny_vocab):
+    tokenizer = BertTokenizerFast(vocab_file=str(tiny_vocab))
+    teacher = tiny_teacher()
+    with torch.no_grad():
+        teacher.classifier.weight.fill_(float("nan"))
+    with pytest.raises(MABertError, match="loss became nan at step 1"):
+        finetune(teacher, tokenizer, sentiment_data(), tmp_path / "t", TrainSettings(epochs=1, batch_size=8))
+    assert not (tmp_path / "t" / "model").exists()
+
+
+DDP_SCRIPT = r'''
+import sys, torch, hashlib
+sys.path.insert(0, sys.argv[2])
+from test_train import tiny_teacher, sentiment_data
+from transformers import BertTokenizerFast
+import mabert
+from mabert.train import TrainSettings, distill
+from accelerate import PartialState
+tokenizer = BertTokenizerFast(vocab_file=sys.argv[3])
+teacher = tiny_teacher()
+student = mabert.convert(teacher, softmax_input_size=16, softmax_mask_mode="masked", approximator_init_steps=10)
+summary = distill(teacher, student, tokenizer, sentiment_data(), sys.argv[1], TrainSettings(max_steps=4, batch_size=4, lr=1e-3))
+state = PartialState()
+digest = hashlib.sha1(b"".join(v.detach().numpy().tobytes() for v in summary["model"].state_dict().values())).hexdigest()
+open(f"{sys.argv[1]}/rank{state.process_index}.txt", "w").write(f"{state.num_processes} {summary['steps']} {digest}")
+'''
+
+
+def test_accelerate_two_process_ranks_agree(tmp_path, tiny_vocab):
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
+              str(script), str(tmp_path), str(Path(__file__).parent), str(tiny_vocab)]
+    result = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [(tmp_path / f"rank{i}.txt").read_text().split() for i in range(2)]
+    assert ranks[0][0] == "2" and ranks[0][1] == "4"
+    assert ranks[0] == ranks[1]  # same world size, steps and final weights on both ranks
