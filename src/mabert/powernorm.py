@@ -18,6 +18,15 @@ import torch
 from torch import nn
 
 
+def _global_mean(rows: torch.Tensor) -> torch.Tensor:
+    """Per-channel mean over all rows of every process, so DDP ranks keep identical statistics."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        packed = torch.cat([rows.sum(dim=0), rows.new_tensor([rows.shape[0]])])
+        torch.distributed.all_reduce(packed)
+        return packed[:-1] / packed[-1]
+    return rows.mean(dim=0)
+
+
 class _PowerNormFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, divisor_var, batch_var, ema_gz, eps, alpha_bkw):
@@ -33,7 +42,7 @@ class _PowerNormFunction(torch.autograd.Function):
         g = grad_output * weight
         approx_grad = g - (1 - ctx.alpha_bkw) * ema_gz * z
         # In-place, as the reference does: ema_gz is a running correction shared across steps.
-        ema_gz.add_((approx_grad * z).reshape(-1, channels).mean(dim=0))
+        ema_gz.add_(_global_mean((approx_grad * z).reshape(-1, channels)))
         grad_x = approx_grad / (batch_var + ctx.eps).sqrt()
         grad_weight = (grad_output * z).reshape(-1, channels).sum(dim=0)
         grad_bias = grad_output.reshape(-1, channels).sum(dim=0)
@@ -89,8 +98,7 @@ class PowerNorm(nn.Module):
         with torch.no_grad():
             self.iters += 1
             step = int(self.iters.item())
-            flat = x.detach().reshape(-1, channels)
-            batch_var = (flat * flat).sum(dim=0) / flat.shape[0]
+            batch_var = _global_mean(x.detach().reshape(-1, channels) ** 2)
             in_warmup = step <= self.warmup_iters
             divisor_var = batch_var if in_warmup else self.running_phi.reshape(-1).clone()
             self._update_running_phi(batch_var, step)

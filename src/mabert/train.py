@@ -29,6 +29,7 @@ class TrainSettings:
     warmup_ratio: float = 0.1
     seed: int = 0
     save_every: int = 0            # steps between checkpoints (0: none)
+    stop_after: int | None = None  # end this job at this step (schedule still spans the whole run; --resume later)
     resume: bool = False
     log_every: int = 10
     kd: KDWeights = field(default_factory=KDWeights)
@@ -40,8 +41,11 @@ class EpochShuffle(Sampler):
     def __init__(self, size: int, seed: int):
         self.size, self.seed, self.epoch = size, seed, 0
 
-    def set_epoch(self, epoch: int) -> None:
+    def choose_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        """Ignored: accelerate calls this with its own iteration count, which restarts after a resume."""
 
     def __len__(self):
         return self.size
@@ -80,7 +84,8 @@ def _model_inputs(model, batch):
 
 def train_loop(model, loader, step_loss, out_dir: Path, settings: TrainSettings, description: str,
                extra_models=()) -> dict:
-    """Generic loop. `step_loss(batch)` returns a dict of loss terms with a "total"."""
+    """Generic loop. `step_loss(model, batch)` gets the prepared (possibly DDP-wrapped) model and returns a
+    dict of loss terms with a "total"."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
@@ -117,7 +122,7 @@ def train_loop(model, loader, step_loss, out_dir: Path, settings: TrainSettings,
         batches = accelerator.skip_first_batches(loader, skip) if skip else loader
         for batch in batches:
             torch.manual_seed(settings.seed * 100003 + step)  # dropout identical after a resume
-            terms = step_loss(_labels_key(batch))
+            terms = step_loss(model, _labels_key(batch))
             loss = terms["total"]
             if not torch.isfinite(loss.detach()).all():
                 raise MABertError(f"{description}: loss became {loss.item()} at step {step + 1}; nothing was saved. "
@@ -134,8 +139,10 @@ def train_loop(model, loader, step_loss, out_dir: Path, settings: TrainSettings,
             bar.update(1)
             if settings.save_every and step % settings.save_every == 0 and step < total_steps:
                 _save_checkpoint(accelerator, checkpoint_dir, step)
-            if step >= total_steps:
+            if step >= total_steps or (settings.stop_after and step >= settings.stop_after):
                 break
+        if settings.stop_after and step >= settings.stop_after:
+            break
     bar.close()
     accelerator.wait_for_everyone()
     del sampler
@@ -148,10 +155,8 @@ def _set_epoch(loader, epoch):
         sampler = getattr(holder, "sampler", None) if holder is not None else None
         for candidate in (sampler, getattr(sampler, "sampler", None), getattr(getattr(holder, "batch_sampler", None), "sampler", None)):
             if isinstance(candidate, EpochShuffle):
-                candidate.set_epoch(epoch)
+                candidate.choose_epoch(epoch)
                 return
-    if hasattr(loader, "set_epoch"):
-        loader.set_epoch(epoch)
 
 
 def _save_checkpoint(accelerator, checkpoint_dir: Path, step: int) -> None:
@@ -169,7 +174,7 @@ def finetune(model, tokenizer, train_set, out_dir, settings: TrainSettings, max_
     out_dir = Path(out_dir)
     loader = make_loader(tokenize(train_set, tokenizer, max_length), tokenizer, settings.batch_size, settings.seed,
                          pads_to_full_length(model))
-    result = train_loop(model, loader, lambda b: {"total": model(**_model_inputs(model, b), labels=b["labels"]).loss},
+    result = train_loop(model, loader, lambda m, b: {"total": m(**_model_inputs(model, b), labels=b["labels"]).loss},
                         out_dir, settings, "fine-tune teacher")
     return _finish(result, tokenizer, out_dir, settings)
 
@@ -186,10 +191,10 @@ def distill(teacher, student, tokenizer, train_set, out_dir, settings: TrainSett
                          pads_to_full_length(student))
     num_labels = student.config.num_labels
 
-    def step_loss(batch):
+    def step_loss(model, batch):
         with torch.no_grad():
             t_out = teacher(**_model_inputs(teacher, batch), output_hidden_states=True, output_attentions=True)
-        s_out = student(**_model_inputs(student, batch), output_hidden_states=True, output_attentions=True)
+        s_out = model(**_model_inputs(student, batch), output_hidden_states=True, output_attentions=True)
         return kd_loss(s_out, t_out, batch["labels"], batch["attention_mask"], settings.kd, num_labels)
 
     result = train_loop(student, loader, step_loss, out_dir, settings, "distill MA student", extra_models=(teacher,))
