@@ -16,6 +16,7 @@ from .io import atomic_file
 SHAPES = {
     "bert-base": dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                       intermediate_size=3072),
+    "tiny": dict(vocab_size=2000, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128),
     "minilm": dict(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
                    intermediate_size=1536),
 }
@@ -90,13 +91,25 @@ def _torch_runner(model):
     return run
 
 
-def build_candidates(teacher, student, workdir: Path, threads: int, include_int8: bool = True) -> dict:
+def _random_calibration(config, batches: int = 8, seed: int = 0) -> list[dict]:
+    generator = torch.Generator().manual_seed(seed)
+    feeds = []
+    for _ in range(batches):
+        ids = torch.randint(1000 if config.vocab_size > 2000 else 5, config.vocab_size, (4, 64), generator=generator)
+        mask = torch.ones_like(ids)
+        mask[1:, 20 + int(torch.randint(0, 40, (1,), generator=generator)):] = 0
+        feeds.append({"input_ids": ids.numpy(), "attention_mask": mask.numpy(), "token_type_ids": np.zeros_like(ids.numpy())})
+    return feeds
+
+
+def build_candidates(teacher, student, workdir: Path, threads: int, include_int8: bool = True,
+                     calibration: list[dict] | None = None) -> dict:
     """name → runner(ids, mask). Exports/optimises what the ORT candidates need into workdir."""
     from onnxruntime.transformers.optimizer import optimize_model
 
     from .export import export_onnx
     from .fuse import fuse
-    from .quantize import quantize_dynamic_int8
+    from .quantize import quantize_dynamic_int8, quantize_static_int8
 
     fused = fuse(student)
     bert_onnx = export_onnx(teacher, workdir / "bert.onnx")
@@ -114,8 +127,10 @@ def build_candidates(teacher, student, workdir: Path, threads: int, include_int8
     if include_int8:
         quantize_dynamic_int8(workdir / "bert-opt.onnx", workdir / "bert-opt-int8.onnx")
         quantize_dynamic_int8(ma_onnx, workdir / "ma-int8.onnx")
+        quantize_static_int8(ma_onnx, workdir / "ma-static-int8.onnx", calibration or _random_calibration(student.config))
         candidates["BERT ORT dynamic int8"] = _ort_runner(workdir / "bert-opt-int8.onnx", threads)
         candidates["MA fused ORT int8"] = _ort_runner(workdir / "ma-int8.onnx", threads)
+        candidates["MA fused ORT static int8"] = _ort_runner(workdir / "ma-static-int8.onnx", threads)
     return candidates, fused
 
 
@@ -135,13 +150,14 @@ def workloads(vocab: int, real_lengths: list[int] | None, seed: int = 0) -> dict
 
 
 def run_benchmark(teacher, student, out_dir: str | Path, threads: int = 2, repeats: int = 20,
-                  real_lengths: list[int] | None = None, include_int8: bool = True, seed: int = 0) -> dict:
+                  real_lengths: list[int] | None = None, include_int8: bool = True, seed: int = 0,
+                  calibration: list[dict] | None = None) -> dict:
     """Interleaved timing of every candidate on every workload; writes bench.json and bench.png."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as tmp:
-        candidates, fused = build_candidates(teacher, student, Path(tmp), threads, include_int8)
+        candidates, fused = build_candidates(teacher, student, Path(tmp), threads, include_int8, calibration)
         gflops = matmul_gflops(threads)
         results = {}
         rng = random.Random(seed)
@@ -212,10 +228,10 @@ def format_benchmark(report: dict) -> str:
     lines = [f"threads={report['threads']}  GEMM {report['matmul_gflops']:.1f} GFLOP/s  model {report['model']}"]
     for name, work in report["workloads"].items():
         lines.append(f"\n{name}   GEMM floor: BERT {work['gemm_floor_ms']['BERT']:.2f} ms, MA {work['gemm_floor_ms']['MA']:.2f} ms")
-        lines.append(f"  {'candidate':<26}{'median ms':>10}{'p90 ms':>9}{'seq/s':>9}{'vs ORT':>8}{'vs int8':>8}")
+        lines.append(f"  {'candidate':<28}{'median ms':>10}{'p90 ms':>9}{'seq/s':>9}{'vs ORT':>8}{'vs int8':>8}")
         for candidate, row in work["candidates"].items():
             vs_ort = row.get("speedup_vs BERT ORT optimized fp32", float("nan"))
             vs_int8 = row.get("speedup_vs BERT ORT dynamic int8", float("nan"))
-            lines.append(f"  {candidate:<26}{row['median_ms']:>10.2f}{row['p90_ms']:>9.2f}"
+            lines.append(f"  {candidate:<28}{row['median_ms']:>10.2f}{row['p90_ms']:>9.2f}"
                          f"{row['throughput_seq_s']:>9.1f}{vs_ort:>8.2f}{vs_int8:>8.2f}")
     return "\n".join(lines)

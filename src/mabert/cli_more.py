@@ -201,7 +201,7 @@ def add_verbs(verbs) -> None:
     p = verbs.add_parser("bench", help="interleaved latency benchmark: BERT (eager/ORT/int8) vs MA")
     p.add_argument("--teacher")
     p.add_argument("--student")
-    p.add_argument("--shape", choices=["bert-base", "minilm"], default="bert-base",
+    p.add_argument("--shape", choices=["bert-base", "minilm", "tiny"], default="bert-base",
                    help="random-weight models of this shape when no models are given")
     p.add_argument("--out", default="mabert-bench")
     p.add_argument("--threads", type=int, default=2)

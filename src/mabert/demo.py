@@ -156,7 +156,7 @@ class Pipeline:
         from .fuse import fuse
         from .io import load_classifier
         from .metrics import compute_metrics
-        from .quantize import onnx_predict, quantize_dynamic_int8
+        from .quantize import onnx_predict, quantize_dynamic_int8, quantize_static_int8
         from .train import make_loader
 
         task, held_out = self.data(self.eval_split())
@@ -168,11 +168,16 @@ class Pipeline:
         export_onnx(teacher, onnx_dir / "bert-teacher.onnx")
         quantize_dynamic_int8(onnx_dir / "ma-student.onnx", onnx_dir / "ma-student-int8.onnx")
         tokenizer = self.tokenizer()
+        _, train = self.data("train")
+        calibration = make_loader(tokenize(train.select(range(min(len(train), 256))), tokenizer, 128), tokenizer, 32)
+        quantize_static_int8(onnx_dir / "ma-student.onnx", onnx_dir / "ma-student-static-int8.onnx",
+                             [{"input_ids": b["input_ids"].numpy(), "attention_mask": b["attention_mask"].numpy()}
+                              for b in calibration])
         loader = make_loader(tokenize(held_out, tokenizer, 128), tokenizer, 64)
         batches = [(b["input_ids"].numpy(), b["attention_mask"].numpy()) for b in loader]
         labels = torch.cat([b["labels"] for b in loader]).numpy()
         accuracy = {}
-        for name in ("ma-student", "ma-student-int8"):
+        for name in ("ma-student", "ma-student-int8", "ma-student-static-int8"):
             logits = onnx_predict(onnx_dir / f"{name}.onnx", batches, self.settings.threads)
             accuracy[name] = compute_metrics(task.metric, logits.argmax(-1), labels)
         return {"audit_student": audit(onnx_dir / "ma-student.onnx"), "audit_teacher": audit(onnx_dir / "bert-teacher.onnx"),

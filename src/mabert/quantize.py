@@ -23,8 +23,15 @@ def quantize_dynamic_int8(src: str | Path, dst: str | Path) -> Path:
 
 
 class _Calibration:
-    def __init__(self, feeds):
-        self.feeds = iter(feeds)
+    """ORT calibration reader; fits each feed to the graph's inputs (zero token types where absent)."""
+
+    def __init__(self, feeds, input_names):
+        def fit(feed):
+            feed = {k: np.asarray(v, dtype=np.int64) for k, v in feed.items()}
+            feed.setdefault("token_type_ids", np.zeros_like(feed["input_ids"]))
+            return {name: feed[name] for name in input_names}
+
+        self.feeds = iter([fit(f) for f in feeds])
 
     def get_next(self):
         return next(self.feeds, None)
@@ -33,13 +40,18 @@ class _Calibration:
 def quantize_static_int8(src: str | Path, dst: str | Path, calibration_feeds: list[dict]) -> Path:
     """Static int8 (calibrated activation ranges, QOperator integer kernels): every MatMul/Add runs in
     int8 with scales fixed at export time. `calibration_feeds`: ONNX input dicts from task data."""
+    import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    graph = onnx.load(str(src), load_external_data=False).graph
+    initializers = {i.name for i in graph.initializer}
+    input_names = [i.name for i in graph.input if i.name not in initializers]
 
     with atomic_file(dst) as tmp:
         out = tmp.with_suffix(".onnx")
         quantize_static(
-            str(src), str(out), _Calibration(calibration_feeds), quant_format=QuantFormat.QOperator,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gather"],
+            str(src), str(out), _Calibration(calibration_feeds, input_names), quant_format=QuantFormat.QOperator,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gather", "Add", "Mul", "Relu", "Transpose", "Reshape", "Slice", "Unsqueeze", "Concat"],
             calibrate_method=CalibrationMethod.MinMax, extra_options={"ActivationSymmetric": False},
         )
         out.replace(tmp)

@@ -61,9 +61,10 @@ def summary_rows(records: dict) -> list[tuple[str, str]]:
             if "MA fused ORT fp32" in c:
                 rows.append((f"{work}: MA fused ORT fp32 vs BERT ORT",
                              f"{c['MA fused ORT fp32']['speedup_vs BERT ORT optimized fp32']:.2f}×"))
-            if "MA fused ORT int8" in c:
-                rows.append((f"{work}: MA int8 vs BERT dynamic int8",
-                             f"{c['MA fused ORT int8']['speedup_vs BERT ORT dynamic int8']:.2f}×"))
+            for name in ("MA fused ORT int8", "MA fused ORT static int8"):
+                if name in c:
+                    rows.append((f"{work}: {name} vs BERT dynamic int8",
+                                 f"{c[name]['speedup_vs BERT ORT dynamic int8']:.2f}×"))
     return rows
 
 

