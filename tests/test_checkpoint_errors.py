@@ -79,3 +79,23 @@ def test_cli_import_writes_loadable_dir(tmp_path, capsys):
         logits = model(input_ids=io["input_ids"], attention_mask=io["attention_mask"],
                        token_type_ids=io["token_type_ids"]).logits
     torch.testing.assert_close(logits, io["logits"], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_distilbert_release_layout_round_trip(tmp_path, shared):
+    """MA-DistilBERT .pt files use DistilBERT names; shared-softmax ones repeat the approximator per layer."""
+    from conftest import make_realistic, tiny_distilbert_config
+
+    model = make_realistic(mabert.MADistilBertForMaskedLM(tiny_distilbert_config(share_softmax_nn=shared)))
+    state = model.state_dict()
+    if shared:
+        for layer in range(2):
+            for suffix, value in model.distilbert.softmax.state_dict().items():
+                state[f"distilbert.transformer.layer.{layer}.attention.softmax.{suffix}"] = value.clone()
+    torch.save(state, tmp_path / "ma-distilbert.pt")
+    loaded = mabert.from_original_checkpoint(tmp_path / "ma-distilbert.pt", n_heads=4)
+    assert type(loaded) is mabert.MADistilBertForMaskedLM and loaded.config.share_softmax_nn is shared
+    assert loaded.config.softmax_input_size == 16 and loaded.config.n_layers == 2
+    ids = torch.randint(5, 64, (2, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, model(ids).logits)

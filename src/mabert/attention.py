@@ -68,3 +68,13 @@ def multi_head_attention(
     probs = attention_probabilities(scores, key_mask, approximator)
     context = torch.matmul(dropout(probs), split(value))
     return context.transpose(1, 2).reshape(batch, length, width), probs
+
+
+def run_layers(layers, hidden_states: torch.Tensor, key_mask: torch.Tensor | None):
+    """Apply encoder layers that return (hidden, attention weights); collect every hidden state and map."""
+    all_hidden, all_probs = [hidden_states], []
+    for layer in layers:
+        hidden_states, probs = layer(hidden_states, key_mask)
+        all_hidden.append(hidden_states)
+        all_probs.append(probs)
+    return hidden_states, tuple(all_hidden), tuple(all_probs)

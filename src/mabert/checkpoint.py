@@ -9,6 +9,7 @@ import torch
 
 from .configuration import MABertConfig, MADistilBertConfig
 from .errors import MABertError
+from .models import ma_model_class
 
 # Original config field → mabert config field, for the fields whose names differ.
 _ORIGINAL_FIELD_NAMES = {
@@ -102,81 +103,56 @@ def _merge_shared_softmax(state: dict[str, torch.Tensor], prefix: str) -> bool:
     return True
 
 
-def _bert_config(state, head, overrides) -> MABertConfig:
-    vocab, hidden = _shape(state, "bert.embeddings.word_embeddings.weight")
-    layers = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"bert\.encoder\.layer\.(\d+)\.", k)))
-    approx_key = "bert.softmax.linear_relu_stack.0.weight"
-    if approx_key not in state:
-        approx_key = "bert.encoder.layer.0.attention.self.softmax.linear_relu_stack.0.weight"
-    settings = dict(
-        vocab_size=vocab,
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        max_position_embeddings=_shape(state, "bert.embeddings.position_embeddings.weight")[0],
-        type_vocab_size=_shape(state, "bert.embeddings.token_type_embeddings.weight")[0],
-        intermediate_size=_shape(state, "bert.encoder.layer.0.intermediate.dense.weight")[0],
-        norm_type="power" if "bert.embeddings.LayerNorm.running_phi" in state else "layer",
-        use_softmax_approx=approx_key in state,
-        share_softmax_nn="bert.softmax.linear_relu_stack.0.weight" in state,
-        ffn_hidden_act="relu",
-    )
+# Where each family keeps what the config is read from, and what the config calls it.
+_FAMILY = {
+    "bert": dict(
+        config=MABertConfig, layer=r"bert\.encoder\.layer\.(\d+)\.", word="bert.embeddings.word_embeddings.weight",
+        position="bert.embeddings.position_embeddings.weight", ffn="bert.encoder.layer.0.intermediate.dense.weight",
+        layer_softmax="bert.encoder.layer.0.attention.self.softmax.", decoder="cls.predictions.decoder.weight",
+        names=dict(hidden="hidden_size", layers="num_hidden_layers", ffn="intermediate_size", heads="num_attention_heads"),
+    ),
+    "distilbert": dict(
+        config=MADistilBertConfig, layer=r"distilbert\.transformer\.layer\.(\d+)\.",
+        word="distilbert.embeddings.word_embeddings.weight",
+        position="distilbert.embeddings.position_embeddings.weight", ffn="distilbert.transformer.layer.0.ffn.lin1.weight",
+        layer_softmax="distilbert.transformer.layer.0.attention.softmax.", decoder="vocab_projector.weight",
+        names=dict(hidden="dim", layers="n_layers", ffn="hidden_dim", heads="n_heads"),
+    ),
+}
+
+
+def _infer_config(family: str, state, head: str, overrides: dict):
+    """Sizes from tensor shapes; the rest from overrides or the original defaults."""
+    spec, prefix = _FAMILY[family], family + "."
+    names = spec["names"]
+    vocab, hidden = _shape(state, spec["word"])
+    shared_key = prefix + "softmax.linear_relu_stack.0.weight"
+    approx_key = shared_key if shared_key in state else spec["layer_softmax"] + "linear_relu_stack.0.weight"
+    settings = {
+        "vocab_size": vocab,
+        names["hidden"]: hidden,
+        names["layers"]: 1 + max(int(m.group(1)) for k in state if (m := re.match(spec["layer"], k))),
+        names["ffn"]: _shape(state, spec["ffn"])[0],
+        "max_position_embeddings": _shape(state, spec["position"])[0],
+        "norm_type": "power" if prefix + "embeddings.LayerNorm.running_phi" in state else "layer",
+        "use_softmax_approx": approx_key in state,
+        "share_softmax_nn": shared_key in state,
+        "ffn_hidden_act": "relu",
+    }
+    if family == "bert":
+        settings["type_vocab_size"] = _shape(state, "bert.embeddings.token_type_embeddings.weight")[0]
     if approx_key in state:
         settings["softmax_hidden_layer_size"], settings["softmax_input_size"] = state[approx_key].shape
     if head == "seqcls":
         settings["num_labels"] = _shape(state, "classifier.weight")[0]
     if head == "mlm":
-        settings["tie_word_embeddings"] = torch.equal(
-            state["cls.predictions.decoder.weight"], state["bert.embeddings.word_embeddings.weight"]
-        )
+        settings["tie_word_embeddings"] = torch.equal(state[spec["decoder"]], state[spec["word"]])
+    overrides = dict(overrides)
+    for alias in ("num_attention_heads", "n_heads"):  # accept either spelling of the head count
+        if alias in overrides and alias != names["heads"]:
+            overrides.setdefault(names["heads"], overrides.pop(alias))
     settings.update(overrides)
-    return MABertConfig(**settings)
-
-
-def _distilbert_config(state, head, overrides) -> MADistilBertConfig:
-    vocab, dim = _shape(state, "distilbert.embeddings.word_embeddings.weight")
-    layers = 1 + max(
-        int(m.group(1)) for k in state if (m := re.match(r"distilbert\.transformer\.layer\.(\d+)\.", k))
-    )
-    approx_key = "distilbert.softmax.linear_relu_stack.0.weight"
-    if approx_key not in state:
-        approx_key = "distilbert.transformer.layer.0.attention.softmax.linear_relu_stack.0.weight"
-    settings = dict(
-        vocab_size=vocab,
-        dim=dim,
-        n_layers=layers,
-        max_position_embeddings=_shape(state, "distilbert.embeddings.position_embeddings.weight")[0],
-        hidden_dim=_shape(state, "distilbert.transformer.layer.0.ffn.lin1.weight")[0],
-        norm_type="power" if "distilbert.embeddings.LayerNorm.running_phi" in state else "layer",
-        use_softmax_approx=approx_key in state,
-        share_softmax_nn="distilbert.softmax.linear_relu_stack.0.weight" in state,
-        ffn_hidden_act="relu",
-    )
-    if approx_key in state:
-        settings["softmax_hidden_layer_size"], settings["softmax_input_size"] = state[approx_key].shape
-    if head == "seqcls":
-        settings["num_labels"] = _shape(state, "classifier.weight")[0]
-    if head == "mlm":
-        settings["tie_word_embeddings"] = torch.equal(
-            state["vocab_projector.weight"], state["distilbert.embeddings.word_embeddings.weight"]
-        )
-    if "n_heads" not in overrides and "num_attention_heads" in overrides:
-        overrides = {**overrides, "n_heads": overrides.pop("num_attention_heads")}
-    settings.update(overrides)
-    return MADistilBertConfig(**settings)
-
-
-def _model_class(family: str, head: str):
-    from . import modeling_ma_bert as b
-    from . import modeling_ma_distilbert as d
-
-    return {
-        ("bert", "mlm"): b.MABertForMaskedLM,
-        ("bert", "seqcls"): b.MABertForSequenceClassification,
-        ("bert", "base"): b.MABertModel,
-        ("distilbert", "mlm"): d.MADistilBertForMaskedLM,
-        ("distilbert", "seqcls"): d.MADistilBertForSequenceClassification,
-        ("distilbert", "base"): d.MADistilBertModel,
-    }[family, head]
+    return spec["config"](**settings)
 
 
 def from_original_checkpoint(path, original_config=None, save_to=None, **config_overrides):
@@ -194,8 +170,8 @@ def from_original_checkpoint(path, original_config=None, save_to=None, **config_
         state.pop(prefix + buffer, None)
     _merge_shared_softmax(state, prefix)
     overrides = {**_original_config(original_config), **config_overrides}
-    config = (_bert_config if family == "bert" else _distilbert_config)(state, head, overrides)
-    model = _model_class(family, head)(config)
+    config = _infer_config(family, state, head, overrides)
+    model = ma_model_class(config.model_type, head)(config)
     if head == "base":  # bare encoders are saved without the family prefix
         state = {k[len(prefix):]: v for k, v in state.items()}
     try:

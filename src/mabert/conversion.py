@@ -10,10 +10,10 @@ from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoModelF
 from .configuration import MABertConfig, MADistilBertConfig
 from .errors import MABertError
 from .fitting import init_approximator
+from .models import HEADS, ma_model_class
 from .powernorm import PowerNorm
 from .softmax_approx import SoftmaxApproximator
 
-HEADS = ("seqcls", "mlm", "base")
 _AUTO = {"seqcls": AutoModelForSequenceClassification, "mlm": AutoModelForMaskedLM, "base": AutoModel}
 
 
@@ -54,21 +54,6 @@ def _student_config(teacher_config, overrides: dict):
     return MADistilBertConfig(**{**base, **overrides})
 
 
-def _student_class(config, head: str):
-    from . import modeling_ma_bert as b
-    from . import modeling_ma_distilbert as d
-
-    table = {
-        ("ma-bert", "seqcls"): b.MABertForSequenceClassification,
-        ("ma-bert", "mlm"): b.MABertForMaskedLM,
-        ("ma-bert", "base"): b.MABertModel,
-        ("ma-distilbert", "seqcls"): d.MADistilBertForSequenceClassification,
-        ("ma-distilbert", "mlm"): d.MADistilBertForMaskedLM,
-        ("ma-distilbert", "base"): d.MADistilBertModel,
-    }
-    return table[config.model_type, head]
-
-
 def _teacher_head(teacher: nn.Module) -> str:
     name = type(teacher).__name__
     if "SequenceClassification" in name:
@@ -99,7 +84,7 @@ def convert(model_or_path, head: str | None = None, num_labels: int | None = Non
         overrides["num_labels"] = num_labels
     config = _student_config(teacher.config, overrides)
     torch.manual_seed(seed)
-    student = _student_class(config, head)(config)
+    student = ma_model_class(config.model_type, head)(config)
 
     source = teacher.state_dict()
     if head != teacher_head:

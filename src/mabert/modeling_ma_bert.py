@@ -19,7 +19,7 @@ from transformers.models.bert.modeling_bert import (
     BertSelfOutput,
 )
 
-from .attention import ApproximatorSlot, check_heads, build_approximator, multi_head_attention
+from .attention import ApproximatorSlot, build_approximator, check_heads, multi_head_attention, run_layers
 from .configuration import MABertConfig
 from .errors import MABertError
 from .feedforward import feedforward_activation
@@ -85,12 +85,7 @@ class MABertEncoder(nn.Module):
         self.layer = nn.ModuleList(MABertLayer(config, shared_softmax) for _ in range(config.num_hidden_layers))
 
     def forward(self, hidden_states, key_mask=None):
-        all_hidden, all_probs = [hidden_states], []
-        for layer in self.layer:
-            hidden_states, probs = layer(hidden_states, key_mask)
-            all_hidden.append(hidden_states)
-            all_probs.append(probs)
-        return hidden_states, tuple(all_hidden), tuple(all_probs)
+        return run_layers(self.layer, hidden_states, key_mask)
 
 
 class MABertPreTrainedModel(PreTrainedModel):

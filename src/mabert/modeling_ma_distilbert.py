@@ -8,7 +8,7 @@ from transformers.activations import get_activation
 from transformers.modeling_outputs import BaseModelOutput, MaskedLMOutput, SequenceClassifierOutput
 from transformers.models.distilbert.modeling_distilbert import FFN, Embeddings
 
-from .attention import ApproximatorSlot, check_heads, build_approximator, multi_head_attention
+from .attention import ApproximatorSlot, build_approximator, check_heads, multi_head_attention, run_layers
 from .configuration import MADistilBertConfig
 from .feedforward import feedforward_activation
 from .heads import key_mask_from, sequence_classification_loss
@@ -62,12 +62,7 @@ class MATransformer(nn.Module):
         self.layer = nn.ModuleList(MATransformerBlock(config, shared_softmax) for _ in range(config.n_layers))
 
     def forward(self, hidden_states, key_mask=None):
-        all_hidden, all_probs = [hidden_states], []
-        for block in self.layer:
-            hidden_states, probs = block(hidden_states, key_mask)
-            all_hidden.append(hidden_states)
-            all_probs.append(probs)
-        return hidden_states, tuple(all_hidden), tuple(all_probs)
+        return run_layers(self.layer, hidden_states, key_mask)
 
 
 class MADistilBertPreTrainedModel(PreTrainedModel):
