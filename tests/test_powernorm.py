@@ -79,3 +79,19 @@ def test_make_norm_rejects_unknown():
 
     with pytest.raises(ValueError, match="norm_type"):
         make_norm(C())
+
+
+def test_calibrate_running_phi_matches_inputs_second_moment():
+    from mabert.powernorm import calibrate_running_phi
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), PowerNorm(4), torch.nn.Linear(4, 4), PowerNorm(4))
+    batches = [torch.randn(5, 3) for _ in range(3)]
+    assert calibrate_running_phi(model, batches, lambda m, b: m(b)) == 2
+    with torch.no_grad():
+        first = torch.cat([model[0](b) for b in batches])
+        torch.testing.assert_close(model[1].running_phi.view(-1), (first ** 2).mean(0))
+        # the second norm saw inputs produced with the first norm's final φ only for the last batch;
+        # its φ is the mean over what it actually received
+        assert torch.all(model[3].running_phi > 0) and not torch.allclose(model[3].running_phi, torch.ones(1))
+    assert not model.training

@@ -122,18 +122,21 @@ class Pipeline:
         from .data import tokenize
         from .fitting import collect_score_rows, fit_student_approximators
         from .io import load_classifier, save_model_dir
-        from .train import make_loader
+        from .powernorm import calibrate_running_phi
+        from .train import _model_inputs, make_loader
 
         teacher = load_classifier(self.out / "teacher" / "model")
         _, train = self.data("train")
         tokenizer = self.tokenizer()
         steps = max(1, int(len(train) * self.settings.student_epochs / self.settings.batch_size))
         # PowerNorm: batch statistics for the first 60 % of KD, then train with the running φ used at inference
-        student = convert(teacher, softmax_mask_mode="masked", pooler_act="relu", seed=self.settings.seed,
+        student = convert(teacher, softmax_mask_mode="masked", pooler_act="identity", seed=self.settings.seed,
                           warmup_updates=max(1, int(0.6 * steps)), accumulation_step=1)
         loader = make_loader(tokenize(train.select(range(min(len(train), 512))), tokenizer, 128), tokenizer, 32)
         rows = collect_score_rows(teacher, loader, student.config.softmax_input_size, seed=self.settings.seed)
         errors = fit_student_approximators(student, rows, steps=self.settings.fit_steps, seed=self.settings.seed)
+        # running φ from real data rather than the initial 1 (what inference would otherwise use)
+        calibrate_running_phi(student, loader, lambda model, batch: model(**_model_inputs(model, batch)))
         save_model_dir(student, self.out / "student-init", tokenizer)
         return {"approximator_mse_per_layer": errors, "score_rows_per_layer": int(rows[0][0].shape[0])}
 

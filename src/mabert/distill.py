@@ -30,8 +30,11 @@ def layer_map(student_layers: int, teacher_layers: int) -> list[int]:
 
 
 def soft_cross_entropy(student_logits, teacher_logits, temperature: float) -> torch.Tensor:
+    """Cross-entropy to the teacher's softened distribution, scaled by T² (Hinton et al.) so that its
+    gradient does not shrink as 1/T² and the soft term still teaches at T = 15."""
     targets = torch.softmax(teacher_logits / temperature, dim=-1)
-    return -(targets * torch.log_softmax(student_logits / temperature, dim=-1)).sum(-1).mean()
+    ce = -(targets * torch.log_softmax(student_logits / temperature, dim=-1)).sum(-1).mean()
+    return ce * temperature ** 2
 
 
 def masked_mse(student, teacher, token_mask) -> torch.Tensor:

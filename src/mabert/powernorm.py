@@ -130,3 +130,32 @@ def make_norm(config) -> nn.Module:
     if kind == "layer":
         return nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
     raise ValueError(f"norm_type must be 'power' or 'layer', got {config.norm_type!r}")
+
+
+@torch.no_grad()
+def calibrate_running_phi(model: nn.Module, batches, forward) -> int:
+    """Set every PowerNorm's running φ to the second moment of its real inputs over `batches`.
+
+    Runs `forward(model, batch)` in eval mode; each norm's φ is updated before it runs, so the norms
+    downstream see inputs normalised as they will be at inference. Returns the number of norms set."""
+    norms = [m for m in model.modules() if isinstance(m, PowerNorm)]
+    sums = {id(n): torch.zeros(n.num_features) for n in norms}
+    counts = {id(n): 0 for n in norms}
+
+    def update(norm, args):
+        rows = args[0].detach().reshape(-1, norm.num_features)
+        sums[id(norm)] += (rows.double() ** 2).sum(dim=0).float()
+        counts[id(norm)] += rows.shape[0]
+        norm.running_phi.copy_((sums[id(norm)] / counts[id(norm)]).view_as(norm.running_phi))
+
+    hooks = [n.register_forward_pre_hook(update) for n in norms]
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in batches:
+            forward(model, batch)
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+    return len(norms)

@@ -26,6 +26,7 @@ class TrainSettings:
     batch_size: int = 32
     lr: float = 2e-5
     weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
     warmup_ratio: float = 0.1
     seed: int = 0
     save_every: int = 0            # steps between checkpoints (0: none)
@@ -128,6 +129,8 @@ def train_loop(model, loader, step_loss, out_dir: Path, settings: TrainSettings,
                 raise MABertError(f"{description}: loss became {loss.item()} at step {step + 1}; nothing was saved. "
                                   "Lower --lr or check the data")
             accelerator.backward(loss)
+            if settings.max_grad_norm:
+                accelerator.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad()
