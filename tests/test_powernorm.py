@@ -94,4 +94,4 @@ def test_calibrate_running_phi_matches_inputs_second_moment():
         # the second norm saw inputs produced with the first norm's final φ only for the last batch;
         # its φ is the mean over what it actually received
         assert torch.all(model[3].running_phi > 0) and not torch.allclose(model[3].running_phi, torch.ones(1))
-    assert not model.training
+    assert model.training  # the caller's mode is restored
