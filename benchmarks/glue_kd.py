@@ -28,7 +28,8 @@ def run_task(task_name, data_dir, out, teacher_path, seed=0):
     from mabert.data import load_task, tokenize
     from mabert.fitting import collect_score_rows, fit_student_approximators
     from mabert.metrics import headline
-    from mabert.train import TrainSettings, distill, evaluate, finetune, make_loader
+    from mabert.powernorm import calibrate_running_phi
+    from mabert.train import TrainSettings, _model_inputs, distill, evaluate, finetune, make_loader
 
     limit, teacher_epochs, student_epochs = SETTINGS[task_name]
     task, train = load_task(task_name, "train", data_dir)
@@ -45,11 +46,10 @@ def run_task(task_name, data_dir, out, teacher_path, seed=0):
     teacher_time = time.time() - start
 
     start = time.time()
-    steps = int(len(train) * student_epochs / 32)
-    student = convert(teacher, softmax_mask_mode="masked", pooler_act="relu", warmup_updates=int(0.6 * steps),
-                      accumulation_step=1, seed=seed)
+    student = convert(teacher, softmax_mask_mode="masked", pooler_act="identity", seed=seed)
     loader = make_loader(tokenize(train.select(range(min(512, len(train)))), tokenizer, 128), tokenizer, 32)
     fit_errors = fit_student_approximators(student, collect_score_rows(teacher, loader, 128), steps=400, seed=seed)
+    calibrate_running_phi(student, loader, lambda model, batch: model(**_model_inputs(model, batch)))
     s_summary = distill(teacher, student, tokenizer, train, out / task_name / "student",
                         TrainSettings(epochs=student_epochs, batch_size=32, lr=1e-4, seed=seed))
     s_metrics = evaluate(s_summary["model"], tokenizer, dev, task)

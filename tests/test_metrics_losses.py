@@ -41,10 +41,12 @@ def test_layer_map():
         layer_map(7, 6)
 
 
-def test_soft_cross_entropy_by_hand():
+def test_soft_term_is_t_squared_kl_by_hand():
     s, t, temp = torch.tensor([[1.0, 2.0, 0.5]]), torch.tensor([[0.2, 1.0, 3.0]]), 2.0
     p = torch.softmax(t / temp, -1)
-    want = -(p * (s / temp - torch.logsumexp(s / temp, -1, keepdim=True))).sum() * temp ** 2
+    cross_entropy = -(p * (s / temp - torch.logsumexp(s / temp, -1, keepdim=True))).sum()
+    entropy = -(p * torch.log(p)).sum()
+    want = (cross_entropy - entropy) * temp ** 2
     torch.testing.assert_close(soft_cross_entropy(s, t, temp), want)
 
 

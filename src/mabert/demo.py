@@ -128,10 +128,9 @@ class Pipeline:
         teacher = load_classifier(self.out / "teacher" / "model")
         _, train = self.data("train")
         tokenizer = self.tokenizer()
-        steps = max(1, int(len(train) * self.settings.student_epochs / self.settings.batch_size))
-        # PowerNorm: batch statistics for the first 60 % of KD, then train with the running φ used at inference
-        student = convert(teacher, softmax_mask_mode="masked", pooler_act="identity", seed=self.settings.seed,
-                          warmup_updates=max(1, int(0.6 * steps)), accumulation_step=1)
+        # PowerNorm keeps the reference warm-up (batch statistics throughout a short KD run, φ tracked for
+        # inference); switching to φ mid-run made short runs diverge (see notes).
+        student = convert(teacher, softmax_mask_mode="masked", pooler_act="identity", seed=self.settings.seed)
         loader = make_loader(tokenize(train.select(range(min(len(train), 512))), tokenizer, 128), tokenizer, 32)
         rows = collect_score_rows(teacher, loader, student.config.softmax_input_size, seed=self.settings.seed)
         errors = fit_student_approximators(student, rows, steps=self.settings.fit_steps, seed=self.settings.seed)

@@ -30,11 +30,13 @@ def layer_map(student_layers: int, teacher_layers: int) -> list[int]:
 
 
 def soft_cross_entropy(student_logits, teacher_logits, temperature: float) -> torch.Tensor:
-    """Cross-entropy to the teacher's softened distribution, scaled by T² (Hinton et al.) so that its
+    """Cross-entropy to the teacher's softened distribution less its entropy (i.e. the KL divergence: same
+    gradient, but 0 at a perfect match so the curve shows progress), scaled by T² (Hinton et al.) so the
     gradient does not shrink as 1/T² and the soft term still teaches at T = 15."""
     targets = torch.softmax(teacher_logits / temperature, dim=-1)
-    ce = -(targets * torch.log_softmax(student_logits / temperature, dim=-1)).sum(-1).mean()
-    return ce * temperature ** 2
+    log_targets = torch.log_softmax(teacher_logits / temperature, dim=-1)
+    kl = (targets * (log_targets - torch.log_softmax(student_logits / temperature, dim=-1))).sum(-1).mean()
+    return kl * temperature ** 2
 
 
 def masked_mse(student, teacher, token_mask) -> torch.Tensor:

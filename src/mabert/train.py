@@ -126,8 +126,9 @@ def train_loop(model, loader, step_loss, out_dir: Path, settings: TrainSettings,
             terms = step_loss(model, _labels_key(batch))
             loss = terms["total"]
             if not torch.isfinite(loss.detach()).all():
-                raise MABertError(f"{description}: loss became {loss.item()} at step {step + 1}; nothing was saved. "
-                                  "Lower --lr or check the data")
+                parts = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
+                raise MABertError(f"{description}: loss became {loss.item()} at step {step + 1} ({parts}); nothing was "
+                                  "saved. Lower --lr or check the data")
             accelerator.backward(loss)
             if settings.max_grad_norm:
                 accelerator.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
