@@ -1,6 +1,8 @@
 """int8 variants of exported ONNX models (ONNX Runtime quantization tools)."""
 from __future__ import annotations
 
+import contextlib
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +14,7 @@ def quantize_dynamic_int8(src: str | Path, dst: str | Path) -> Path:
     """Weights int8, activations quantized on the fly (ORT dynamic quantization)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    with atomic_file(dst) as tmp:
+    with atomic_file(dst) as tmp, _quiet():
         import onnx
 
         # fused ORT ops (Attention, SkipLayerNorm…) have no shape inference: say the default type is fp32
@@ -20,6 +22,16 @@ def quantize_dynamic_int8(src: str | Path, dst: str | Path) -> Path:
                          extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
         tmp.with_suffix(".onnx").replace(tmp)
     return Path(dst)
+
+
+@contextlib.contextmanager
+def _quiet():
+    """ORT's quantizer logs a warning per integer shape tensor it skips; they say nothing actionable."""
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)
 
 
 class _Calibration:
@@ -47,7 +59,7 @@ def quantize_static_int8(src: str | Path, dst: str | Path, calibration_feeds: li
     initializers = {i.name for i in graph.initializer}
     input_names = [i.name for i in graph.input if i.name not in initializers]
 
-    with atomic_file(dst) as tmp:
+    with atomic_file(dst) as tmp, _quiet():
         out = tmp.with_suffix(".onnx")
         quantize_static(
             str(src), str(out), _Calibration(calibration_feeds, input_names), quant_format=QuantFormat.QOperator,
