@@ -115,7 +115,6 @@ def train_loop(model, loader, step_loss, out_dir: Path, settings: TrainSettings,
     start = time.time()
     bar = tqdm(total=total_steps, initial=step, desc=description, disable=not accelerator.is_local_main_process,
                dynamic_ncols=True)
-    sampler = getattr(loader, "sampler", None)
     model.train()
     while step < total_steps:
         epoch, skip = divmod(step, steps_per_epoch)
@@ -149,7 +148,6 @@ def train_loop(model, loader, step_loss, out_dir: Path, settings: TrainSettings,
             break
     bar.close()
     accelerator.wait_for_everyone()
-    del sampler
     return {"steps": step, "wall_time_s": time.time() - start, "history": history,
             "model": accelerator.unwrap_model(model), "accelerator": accelerator}
 
