@@ -138,6 +138,12 @@ def _data_args(p, split=False):
         p.add_argument("--split", default="dev", choices=["train", "dev", "test"])
 
 
+def _teacher_student_args(p):
+    p.add_argument("--teacher", required=True, help="teacher model directory")
+    p.add_argument("--student", required=True, help="MA student model directory")
+    p.add_argument("--out", required=True)
+
+
 def _train_args(p, lr):
     p.add_argument("--epochs", type=float, default=3.0)
     p.add_argument("--max-steps", type=int)
@@ -171,9 +177,7 @@ def add_verbs(verbs) -> None:
     p.set_defaults(func=_finetune)
 
     p = verbs.add_parser("fit-softmax", help="fit the student's approximators to the teacher's real score rows")
-    p.add_argument("--teacher", required=True)
-    p.add_argument("--student", required=True)
-    p.add_argument("--out", required=True)
+    _teacher_student_args(p)
     p.add_argument("--texts", type=int, default=512)
     p.add_argument("--steps", type=int, default=400)
     p.add_argument("--seed", type=int, default=0)
@@ -181,9 +185,7 @@ def add_verbs(verbs) -> None:
     p.set_defaults(func=_fit_softmax)
 
     p = verbs.add_parser("distill", help="KD fine-tuning of an MA student from its teacher")
-    p.add_argument("--teacher", required=True)
-    p.add_argument("--student", required=True)
-    p.add_argument("--out", required=True)
+    _teacher_student_args(p)
     p.add_argument("--alpha", type=float, default=0.9)
     p.add_argument("--temperature", type=float, default=15.0)
     p.add_argument("--beta", type=float, default=1.0)
