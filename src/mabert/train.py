@@ -103,6 +103,8 @@ def train_loop(model, loader, step_loss, out_dir: Path, settings: TrainSettings,
     ]
     optimizer = torch.optim.AdamW(groups, lr=settings.lr)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(settings.warmup_ratio * total_steps), total_steps)
+    # accelerate keeps this sampler object inside its wrapped loader; the epoch is chosen on it directly
+    shuffle = loader.sampler if isinstance(loader.sampler, EpochShuffle) else None
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     for extra in extra_models:
         extra.to(accelerator.device)
@@ -116,9 +118,11 @@ def train_loop(model, loader, step_loss, out_dir: Path, settings: TrainSettings,
     bar = tqdm(total=total_steps, initial=step, desc=description, disable=not accelerator.is_local_main_process,
                dynamic_ncols=True)
     model.train()
-    while step < total_steps:
+    last_step = min(total_steps, settings.stop_after or total_steps)
+    while step < last_step:
         epoch, skip = divmod(step, steps_per_epoch)
-        _set_epoch(loader, epoch)
+        if shuffle is not None:
+            shuffle.choose_epoch(epoch)
         batches = accelerator.skip_first_batches(loader, skip) if skip else loader
         for batch in batches:
             torch.manual_seed(settings.seed * 100003 + step)  # dropout identical after a resume
@@ -142,23 +146,12 @@ def train_loop(model, loader, step_loss, out_dir: Path, settings: TrainSettings,
             bar.update(1)
             if settings.save_every and step % settings.save_every == 0 and step < total_steps:
                 _save_checkpoint(accelerator, checkpoint_dir, step)
-            if step >= total_steps or (settings.stop_after and step >= settings.stop_after):
+            if step >= last_step:
                 break
-        if settings.stop_after and step >= settings.stop_after:
-            break
     bar.close()
     accelerator.wait_for_everyone()
     return {"steps": step, "wall_time_s": time.time() - start, "history": history,
             "model": accelerator.unwrap_model(model), "accelerator": accelerator}
-
-
-def _set_epoch(loader, epoch):
-    for holder in (loader, getattr(loader, "base_dataloader", None)):
-        sampler = getattr(holder, "sampler", None) if holder is not None else None
-        for candidate in (sampler, getattr(sampler, "sampler", None), getattr(getattr(holder, "batch_sampler", None), "sampler", None)):
-            if isinstance(candidate, EpochShuffle):
-                candidate.choose_epoch(epoch)
-                return
 
 
 def _save_checkpoint(accelerator, checkpoint_dir: Path, step: int) -> None:
