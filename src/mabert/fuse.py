@@ -94,8 +94,6 @@ class FusedMAModel(nn.Module):
         first = r[:, 0]
         pooled = first @ self.pool_w.T + self.pool_b
         pooled = {"tanh": torch.tanh, "relu": torch.relu, "identity": lambda x: x}[self.pool_act](pooled)
-        if self.pre_w is not None:
-            pooled = pooled @ self.pre_w.T + self.pre_b
         return pooled @ self.cls_w.T + self.cls_b
 
 
@@ -114,7 +112,7 @@ def _parts(model):
         emb = base.embeddings
         return dict(word=emb.word_embeddings.weight, pos=emb.position_embeddings.weight,
                     type=emb.token_type_embeddings.weight, norm0=emb.LayerNorm, layers=layers,
-                    pool=base.pooler.dense, pool_act=model.config.pooler_act, pre=None, cls=model.classifier)
+                    pool=base.pooler.dense, pool_act=model.config.pooler_act, cls=model.classifier)
     if name == "MADistilBertForSequenceClassification":
         base = model.distilbert
         layers = [dict(q=b.attention.q_lin, k=b.attention.k_lin, v=b.attention.v_lin, o=b.attention.out_lin,
@@ -123,7 +121,7 @@ def _parts(model):
         emb = base.embeddings
         # DistilBERT's head is Linear → ReLU → Linear; represent it as pooler(relu) + classifier.
         return dict(word=emb.word_embeddings.weight, pos=emb.position_embeddings.weight, type=None,
-                    norm0=emb.LayerNorm, layers=layers, pool=model.pre_classifier, pool_act="relu", pre=None,
+                    norm0=emb.LayerNorm, layers=layers, pool=model.pre_classifier, pool_act="relu",
                     cls=model.classifier)
     raise MABertError(f"fuse takes an MA-BERT or MA-DistilBERT sequence classifier, got {name}")
 
@@ -178,7 +176,6 @@ def fuse(model, check: bool = True, reassociate: bool | None = None) -> FusedMAM
             fused.approximators.append(nn.Parameter(tensor.detach().float().clone(), requires_grad=False))
 
     fused.pool_w, fused.pool_b = _linear(parts["pool"].weight.double() * scale[None, :], parts["pool"].bias.double())
-    fused.pre_w = fused.pre_b = None
     fused.cls_w, fused.cls_b = _linear(parts["cls"].weight.double(), parts["cls"].bias.double())
     fused.config = config
     fused.eval()
