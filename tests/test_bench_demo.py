@@ -21,6 +21,15 @@ def test_benchmark_report_shape_and_ratios(tmp_path):
             assert row["speedup_vs BERT ORT optimized fp32"] == pytest.approx(ratio)
         assert work["gemm_floor_ms"]["BERT"] > 0
     assert (tmp_path / "bench.png").stat().st_size > 1000
+    # ORT's profile of each ORT candidate: the MA graph runs only matrix-arithmetic kernels, BERT's does not
+    from mabert.export import FORBIDDEN_OPS
+
+    profiles = saved["op_times_ms_b8_s128"]
+    assert set(profiles) == {n for n in names if "ORT" in n}
+    assert all(ms > 0 for times in profiles.values() for ms in times.values())
+    assert "MatMul" in profiles["MA fused ORT fp32"] and not set(profiles["MA fused ORT fp32"]) & set(FORBIDDEN_OPS)
+    assert set(profiles["BERT ORT optimized fp32"]) - {"MatMul", "Add", "Relu", "Mul", "Gather", "Cast", "Reshape",
+                                                        "Transpose", "Unsqueeze", "Sub", "Shape", "Concat", "Slice"}
 
 
 def test_flop_counts_by_hand():

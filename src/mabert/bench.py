@@ -104,7 +104,8 @@ def _random_calibration(config, batches: int = 8, seed: int = 0) -> list[dict]:
 
 def build_candidates(teacher, student, workdir: Path, threads: int, include_int8: bool = True,
                      calibration: list[dict] | None = None) -> dict:
-    """name → runner(ids, mask). Exports/optimises what the ORT candidates need into workdir."""
+    """(name → runner(ids, mask), fused student, name → ONNX file of the ORT candidates). Exports/optimises what
+    the ORT candidates need into workdir."""
     from onnxruntime.transformers.optimizer import optimize_model
 
     from .export import export_onnx
@@ -117,6 +118,7 @@ def build_candidates(teacher, student, workdir: Path, threads: int, include_int8
                                hidden_size=teacher.config.hidden_size)
     optimized.save_model_to_file(str(workdir / "bert-opt.onnx"))
     ma_onnx = export_onnx(fused, workdir / "ma.onnx")
+    files = {"BERT ORT optimized fp32": workdir / "bert-opt.onnx", "MA fused ORT fp32": ma_onnx}
     candidates = {
         "BERT eager (PyTorch)": _torch_runner(teacher),
         "BERT ORT optimized fp32": _ort_runner(workdir / "bert-opt.onnx", threads),
@@ -131,7 +133,10 @@ def build_candidates(teacher, student, workdir: Path, threads: int, include_int8
         candidates["BERT ORT dynamic int8"] = _ort_runner(workdir / "bert-opt-int8.onnx", threads)
         candidates["MA fused ORT int8"] = _ort_runner(workdir / "ma-int8.onnx", threads)
         candidates["MA fused ORT static int8"] = _ort_runner(workdir / "ma-static-int8.onnx", threads)
-    return candidates, fused
+        files.update({"BERT ORT dynamic int8": workdir / "bert-opt-int8.onnx",
+                      "MA fused ORT int8": workdir / "ma-int8.onnx",
+                      "MA fused ORT static int8": workdir / "ma-static-int8.onnx"})
+    return candidates, fused, files
 
 
 def workloads(vocab: int, real_lengths: list[int] | None, seed: int = 0) -> dict:
@@ -151,13 +156,14 @@ def workloads(vocab: int, real_lengths: list[int] | None, seed: int = 0) -> dict
 
 def run_benchmark(teacher, student, out_dir: str | Path, threads: int = 2, repeats: int = 20,
                   real_lengths: list[int] | None = None, include_int8: bool = True, seed: int = 0,
-                  calibration: list[dict] | None = None) -> dict:
-    """Interleaved timing of every candidate on every workload; writes bench.json and bench.png."""
+                  calibration: list[dict] | None = None, profile: bool = True) -> dict:
+    """Interleaved timing of every candidate on every workload; writes bench.json and bench.png. With `profile`,
+    also ORT's per-op-type kernel times of each ORT candidate on the largest workload (where the time goes)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as tmp:
-        candidates, fused = build_candidates(teacher, student, Path(tmp), threads, include_int8, calibration)
+        candidates, fused, files = build_candidates(teacher, student, Path(tmp), threads, include_int8, calibration)
         gflops = matmul_gflops(threads)
         results = {}
         rng = random.Random(seed)
@@ -189,7 +195,8 @@ def run_benchmark(teacher, student, out_dir: str | Path, threads: int = 2, repea
                     "MA": ma_matmul_flops(student.config, batch, length, fused.reassociate) / (gflops * 1e9) * 1e3,
                 },
             }
-    report = {"threads": threads, "repeats": repeats, "matmul_gflops": gflops,
+        op_times = _profile(files, workloads(teacher.config.vocab_size, None, seed)["b8-s128"], threads) if profile else {}
+    report = {"threads": threads, "repeats": repeats, "matmul_gflops": gflops, "op_times_ms_b8_s128": op_times,
               "model": {k: getattr(teacher.config, k) for k in ("hidden_size", "num_hidden_layers", "num_attention_heads",
                                                                 "intermediate_size")},
               "workloads": results}
@@ -197,6 +204,14 @@ def run_benchmark(teacher, student, out_dir: str | Path, threads: int = 2, repea
         tmp.write_text(json.dumps(report, indent=2))
     plot_benchmark(report, out_dir / "bench.png")
     return report
+
+
+def _profile(files: dict, workload, threads: int) -> dict:
+    from .opprofile import op_type_times
+
+    ids, mask = (t.numpy() for t in workload)
+    feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+    return {name: op_type_times(path, feed, threads) for name, path in files.items()}
 
 
 def plot_benchmark(report: dict, path: Path) -> None:
@@ -234,4 +249,9 @@ def format_benchmark(report: dict) -> str:
             vs_int8 = row.get("speedup_vs BERT ORT dynamic int8", float("nan"))
             lines.append(f"  {candidate:<28}{row['median_ms']:>10.2f}{row['p90_ms']:>9.2f}"
                          f"{row['throughput_seq_s']:>9.1f}{vs_ort:>8.2f}{vs_int8:>8.2f}")
+    if report.get("op_times_ms_b8_s128"):
+        from .opprofile import format_op_times
+
+        lines.append("\nwhere the time goes (ORT kernel time per run, b8-s128):")
+        lines += ["  " + format_op_times(name, times) for name, times in report["op_times_ms_b8_s128"].items()]
     return "\n".join(lines)
