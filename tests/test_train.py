@@ -11,6 +11,7 @@ from transformers import BertConfig, BertForSequenceClassification, BertTokenize
 
 import mabert
 from mabert.errors import MABertError
+from mabert.io import load_classifier
 from mabert.train import TrainSettings, distill, evaluate, finetune
 
 POSITIVE = ["the movie was great", "i liked the film", "good acting and fun story", "very good plot",
@@ -57,6 +58,10 @@ def test_distill_student_matches_teacher(tmp_path, tiny_vocab):
     first, last = sum(h["total"] for h in history[:5]), sum(h["total"] for h in history[-5:])
     assert last < 0.5 * first
     assert evaluate(summary["model"], tokenizer, sentiment_data(1), mabert.data.RT_TASK)["accuracy"] == 1.0
+    # handed over from LayerNorm/GELU (5 norms, 2 activations), and nothing of the blend is saved
+    assert summary["handover_modules"] == 7
+    saved = load_classifier(tmp_path / "s" / "model")
+    assert list(saved.state_dict()) == list(student.state_dict()) and not any(".old." in k for k in saved.state_dict())
 
 
 def test_resume_reproduces_uninterrupted_run(tmp_path, tiny_vocab):

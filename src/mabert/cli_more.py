@@ -42,7 +42,8 @@ def _train_settings(args):
                          weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio, seed=args.seed,
                          save_every=args.save_every, resume=args.resume,
                          kd=KDWeights(getattr(args, "alpha", 0.9), getattr(args, "temperature", 15.0),
-                                      getattr(args, "beta", 1.0)))
+                                      getattr(args, "beta", 1.0)),
+                         handover=getattr(args, "handover", 0.0))
 
 
 def _load_split(args, split):
@@ -77,23 +78,37 @@ def _distill(args):
     print(f"distilled {summary['steps']} steps in {summary['wall_time_s']} s → {args.out}/model")
 
 
+def _kd_pretrain(args):
+    from transformers import AutoTokenizer
+
+    from .data import load_texts
+    from .io import load_model
+    from .train import kd_pretrain
+
+    texts = load_texts(args.texts, args.max_words)
+    if args.limit and len(texts) > args.limit:
+        texts = texts.shuffle(seed=args.seed).select(range(args.limit))
+    summary = kd_pretrain(load_model(args.teacher), load_model(args.student), AutoTokenizer.from_pretrained(args.student),
+                          texts, args.out, _train_settings(args))
+    print(f"KD pre-trained on {len(texts)} passages, {summary['steps']} steps in {summary['wall_time_s']} s "
+          f"→ {args.out}/model")
+
+
 def _fit_softmax(args):
     from transformers import AutoTokenizer
 
-    from .data import tokenize
-    from .fitting import collect_score_rows, fit_student_approximators
+    from .fitting import fit_to_teacher
     from .io import load_classifier, save_model_dir
-    from .train import make_loader
 
     _, train = _load_split(args, "train")
     student, teacher = load_classifier(args.student), load_classifier(args.teacher)
     tokenizer = AutoTokenizer.from_pretrained(args.student)
-    length = student.config.softmax_input_size
-    loader = make_loader(tokenize(train.select(range(min(len(train), args.texts))), tokenizer, length), tokenizer, 32)
-    errors = fit_student_approximators(student, collect_score_rows(teacher, loader, length), steps=args.steps)
+    record = fit_to_teacher(student, teacher, tokenizer, train, count=args.texts, steps=args.steps, seed=args.seed)
     save_model_dir(student, args.out, tokenizer)
-    for layer, error in enumerate(errors, start=1):
+    for layer, error in enumerate(record["approximator_mse_per_layer"], start=1):
         print(f"layer {layer}: MSE to softmax {error:.3e}")
+    if record["phi_calibrated"]:
+        print("PowerNorm φ set from the same texts (the student's norms were untrained)")
 
 
 def _evaluate(args):
@@ -144,6 +159,12 @@ def _teacher_student_args(p):
     p.add_argument("--out", required=True)
 
 
+def _handover_arg(p):
+    p.add_argument("--handover", type=float, default=0.5,
+                   help="fraction of the run over which a freshly converted student moves from LayerNorm/GELU to "
+                        "PowerNorm/ReLU (0: at once; skipped for students whose PowerNorms are already trained)")
+
+
 def _train_args(p, lr):
     p.add_argument("--epochs", type=float, default=3.0)
     p.add_argument("--max-steps", type=int)
@@ -184,11 +205,23 @@ def add_verbs(verbs) -> None:
     _data_args(p)
     p.set_defaults(func=_fit_softmax)
 
+    p = verbs.add_parser("kd-pretrain", help="KD pre-training of an MA student on unlabelled text (hidden states, "
+                                             "attention maps, and MLM when both models have a head)")
+    _teacher_student_args(p)
+    p.add_argument("--texts", nargs="+", required=True, help=".txt files or folders of them")
+    p.add_argument("--max-words", type=int, default=80, help="passage length in words")
+    p.add_argument("--limit", type=int, help="use at most this many passages")
+    p.add_argument("--beta", type=float, default=1.0)
+    _handover_arg(p)
+    _train_args(p, 1e-4)
+    p.set_defaults(func=_kd_pretrain)
+
     p = verbs.add_parser("distill", help="KD fine-tuning of an MA student from its teacher")
     _teacher_student_args(p)
     p.add_argument("--alpha", type=float, default=0.9)
     p.add_argument("--temperature", type=float, default=15.0)
     p.add_argument("--beta", type=float, default=1.0)
+    _handover_arg(p)
     _data_args(p)
     _train_args(p, 2e-5)
     p.set_defaults(func=_distill)

@@ -204,3 +204,28 @@ def tokenize(dataset: Dataset, tokenizer, max_length: int) -> Dataset:
 
     keep = ["label"]
     return dataset.map(encode, batched=True, remove_columns=[c for c in dataset.column_names if c not in keep])
+
+
+def load_texts(paths, max_words: int = 80) -> Dataset:
+    """Unlabelled text for KD pre-training: .txt files or folders of them, read by paragraph (blank-line
+    separated; wrapped lines are joined) and cut into passages of at most `max_words` words (column text_a)."""
+    from datasets import load_dataset
+
+    files = []
+    for path in map(Path, [paths] if isinstance(paths, (str, Path)) else paths):
+        if path.is_dir():
+            files += sorted(str(p) for p in path.rglob("*.txt"))
+        elif path.is_file():
+            files.append(str(path))
+        else:
+            raise MABertError(f"{path} not found: give .txt files or folders containing them")
+    if not files:
+        raise MABertError(f"no .txt files under {paths}")
+    paragraphs = load_dataset("text", data_files=files, sample_by="paragraph", split="train")["text"]
+    passages = []
+    for paragraph in paragraphs:
+        words = paragraph.split()
+        passages += [" ".join(words[i:i + max_words]) for i in range(0, len(words), max_words)]
+    if not passages:
+        raise MABertError(f"{', '.join(files[:3])}: no text found")
+    return Dataset.from_dict({"text_a": passages})

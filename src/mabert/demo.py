@@ -26,7 +26,8 @@ class DemoSettings:
     train_limit: int | None = 6400
     eval_limit: int | None = None
     teacher_epochs: float = 1.0
-    student_epochs: float = 1.0
+    student_epochs: float = 1.5
+    handover: float = 0.4            # fraction of KD spent moving from LayerNorm/GELU to PowerNorm/ReLU
     batch_size: int = 32
     teacher_lr: float = 5e-5
     student_lr: float = 1e-4
@@ -100,7 +101,7 @@ class Pipeline:
         from .train import TrainSettings
 
         s = self.settings
-        return TrainSettings(epochs=epochs, batch_size=s.batch_size, lr=lr, seed=s.seed)
+        return TrainSettings(epochs=epochs, batch_size=s.batch_size, lr=lr, seed=s.seed, handover=s.handover)
 
     # --- stages ---------------------------------------------------------------------
     def run_teacher(self) -> dict:
@@ -119,25 +120,17 @@ class Pipeline:
 
     def run_convert(self) -> dict:
         from .conversion import convert
-        from .data import tokenize
-        from .fitting import collect_score_rows, fit_student_approximators
+        from .fitting import fit_to_teacher
         from .io import load_classifier, save_model_dir
-        from .powernorm import calibrate_running_phi
-        from .train import _model_inputs, make_loader
 
         teacher = load_classifier(self.out / "teacher" / "model")
         _, train = self.data("train")
         tokenizer = self.tokenizer()
-        # PowerNorm keeps the reference warm-up (batch statistics throughout a short KD run, φ tracked for
-        # inference); switching to φ mid-run made short runs diverge (see notes).
+        # identity pooler: no tanh left, and unlike a ReLU pooler initialised from tanh weights it cannot go dead
         student = convert(teacher, softmax_mask_mode="masked", pooler_act="identity", seed=self.settings.seed)
-        loader = make_loader(tokenize(train.select(range(min(len(train), 512))), tokenizer, 128), tokenizer, 32)
-        rows = collect_score_rows(teacher, loader, student.config.softmax_input_size, seed=self.settings.seed)
-        errors = fit_student_approximators(student, rows, steps=self.settings.fit_steps, seed=self.settings.seed)
-        # running φ from real data rather than the initial 1 (what inference would otherwise use)
-        calibrate_running_phi(student, loader, lambda model, batch: model(**_model_inputs(model, batch)))
+        record = fit_to_teacher(student, teacher, tokenizer, train, steps=self.settings.fit_steps, seed=self.settings.seed)
         save_model_dir(student, self.out / "student-init", tokenizer)
-        return {"approximator_mse_per_layer": errors, "score_rows_per_layer": int(rows[0][0].shape[0])}
+        return record
 
     def run_distill(self) -> dict:
         from .io import load_classifier

@@ -52,6 +52,20 @@ def attention_mse(student, teacher, token_mask) -> torch.Tensor:
     return ((student - teacher) ** 2 * weight).sum() / (weight.sum() * student.shape[1]).clamp_min(1)
 
 
+def representation_loss(student_out, teacher_out, attention_mask) -> dict[str, torch.Tensor]:
+    """Σ hidden-state MSE (embeddings and every mapped layer) and Σ attention-map MSE, unweighted."""
+    s_layers = len(student_out.hidden_states) - 1
+    mapping = layer_map(s_layers, len(teacher_out.hidden_states) - 1)
+    hidden = masked_mse(student_out.hidden_states[0], teacher_out.hidden_states[0].detach(), attention_mask)
+    attention = hidden.new_zeros(())
+    for s, t in enumerate(mapping, start=1):
+        hidden = hidden + masked_mse(student_out.hidden_states[s], teacher_out.hidden_states[t].detach(),
+                                     attention_mask)
+        attention = attention + attention_mse(student_out.attentions[s - 1], teacher_out.attentions[t - 1].detach(),
+                                              attention_mask)
+    return {"hidden": hidden, "attention": attention}
+
+
 def kd_loss(student_out, teacher_out, labels, attention_mask, weights: KDWeights = KDWeights(),
             num_labels: int = 2) -> dict[str, torch.Tensor]:
     """All loss terms and their weighted total."""
@@ -63,17 +77,11 @@ def kd_loss(student_out, teacher_out, labels, attention_mask, weights: KDWeights
         soft = soft_cross_entropy(s_logits, t_logits, weights.temperature)
         task = nn.functional.cross_entropy(s_logits, labels)
     terms = {"soft": soft, "task": task}
-    hidden = attention = s_logits.new_zeros(())
     if weights.beta:
-        s_layers = len(student_out.hidden_states) - 1
-        mapping = layer_map(s_layers, len(teacher_out.hidden_states) - 1)
-        hidden = masked_mse(student_out.hidden_states[0], teacher_out.hidden_states[0].detach(), attention_mask)
-        for s, t in enumerate(mapping, start=1):
-            hidden = hidden + masked_mse(student_out.hidden_states[s], teacher_out.hidden_states[t].detach(),
-                                         attention_mask)
-            attention = attention + attention_mse(student_out.attentions[s - 1],
-                                                  teacher_out.attentions[t - 1].detach(), attention_mask)
-    terms["hidden"], terms["attention"] = hidden, attention
+        terms.update(representation_loss(student_out, teacher_out, attention_mask))
+    else:
+        terms["hidden"] = terms["attention"] = s_logits.new_zeros(())
+    hidden, attention = terms["hidden"], terms["attention"]
     terms["total"] = (weights.alpha * soft + (1 - weights.alpha) * task
                       + weights.beta * (hidden + ATTENTION_WEIGHT * attention))
     return terms

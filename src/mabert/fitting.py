@@ -134,3 +134,24 @@ def fit_student_approximators(student: nn.Module, teacher_rows, steps: int = 400
             rows, keys = teacher_rows[t - 1]
             errors.append(nn.functional.mse_loss(approx(rows, keys), softmax_targets(rows, keys)).item())
     return errors
+
+
+def fit_to_teacher(student: nn.Module, teacher: nn.Module, tokenizer, texts, count: int = 512, steps: int = 400,
+                   seed: int = 0) -> dict:
+    """The step between conversion and KD: fit the student's approximators on the teacher's real score rows for
+    the first `count` of `texts` (a dataset with text_a[/text_b]); for a student whose PowerNorms are untrained,
+    also set their φ from the same texts (inference would otherwise divide by the initial φ = 1)."""
+    from .data import tokenize
+    from .powernorm import PowerNorm, calibrate_running_phi
+    from .train import _model_inputs, make_loader
+
+    length = student.config.softmax_input_size
+    loader = make_loader(tokenize(texts.select(range(min(len(texts), count))), tokenizer, length), tokenizer, 32)
+    rows = collect_score_rows(teacher, loader, length, seed=seed)
+    errors = fit_student_approximators(student, rows, steps=steps, seed=seed)
+    norms = [m for m in student.modules() if isinstance(m, PowerNorm)]
+    calibrated = bool(norms) and all(int(n.iters.item()) == 0 for n in norms)
+    if calibrated:
+        calibrate_running_phi(student, loader, lambda model, batch: model(**_model_inputs(model, batch)))
+    return {"approximator_mse_per_layer": errors, "score_rows_per_layer": int(rows[0][0].shape[0]),
+            "phi_calibrated": calibrated}

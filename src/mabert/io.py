@@ -63,3 +63,23 @@ def load_classifier(path: str | Path):
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise MABertError(f"cannot load a sequence classifier from {str(path)!r}: {first[:160]}") from None
+
+
+def load_model(path: str | Path):
+    """A model with the head its config names (masked LM, sequence classifier, or the bare encoder), in eval mode."""
+    from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification
+
+    import mabert  # noqa: F401  (registers the MA model types)
+    from .errors import MABertError
+
+    try:
+        architectures = AutoConfig.from_pretrained(str(path)).architectures or []
+        auto = AutoModel
+        if any(a.endswith("ForMaskedLM") for a in architectures):
+            auto = AutoModelForMaskedLM
+        elif any(a.endswith("ForSequenceClassification") for a in architectures):
+            auto = AutoModelForSequenceClassification
+        return auto.from_pretrained(str(path)).eval()
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise MABertError(f"cannot load a model from {str(path)!r}: {first[:160]}") from None

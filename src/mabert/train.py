@@ -15,6 +15,7 @@ from transformers import DataCollatorWithPadding, get_linear_schedule_with_warmu
 
 from .distill import KDWeights, kd_loss
 from .errors import MABertError
+from .handover import HandOver
 from .io import atomic_dir, atomic_file
 from .metrics import compute_metrics
 
@@ -34,6 +35,9 @@ class TrainSettings:
     resume: bool = False
     log_every: int = 10
     kd: KDWeights = field(default_factory=KDWeights)
+    # distill only: fraction of the run over which a fresh student is handed over from LayerNorm/GELU to
+    # PowerNorm/ReLU (see mabert.handover); 0 switches at once, as the reference does
+    handover: float = 0.5
 
 
 class EpochShuffle(Sampler):
@@ -84,13 +88,17 @@ def _model_inputs(model, batch):
 
 
 def train_loop(model, loader, step_loss, out_dir: Path, settings: TrainSettings, description: str,
-               extra_models=()) -> dict:
+               extra_models=(), before_step=None, find_unused_parameters: bool = False) -> dict:
     """Generic loop. `step_loss(model, batch)` gets the prepared (possibly DDP-wrapped) model and returns a
-    dict of loss terms with a "total"."""
+    dict of loss terms with a "total"; `before_step(step, total_steps)`, if given, runs before each step
+    (step counted from 0, also after a resume)."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), kwargs_handlers=[
+        DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)])
     set_seed(settings.seed)
     steps_per_epoch = len(loader)
     total_steps = settings.max_steps or max(1, math.ceil(settings.epochs * steps_per_epoch))
@@ -126,10 +134,12 @@ def train_loop(model, loader, step_loss, out_dir: Path, settings: TrainSettings,
         batches = accelerator.skip_first_batches(loader, skip) if skip else loader
         for batch in batches:
             torch.manual_seed(settings.seed * 100003 + step)  # dropout identical after a resume
+            if before_step is not None:
+                before_step(step, total_steps)
             terms = step_loss(model, _labels_key(batch))
             loss = terms["total"]
             if not torch.isfinite(loss.detach()).all():
-                parts = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
+                parts = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
                 raise MABertError(f"{description}: loss became {loss.item()} at step {step + 1} ({parts}); nothing was "
                                   "saved. Lower --lr or check the data")
             accelerator.backward(loss)
@@ -192,8 +202,71 @@ def distill(teacher, student, tokenizer, train_set, out_dir, settings: TrainSett
         s_out = model(**_model_inputs(student, batch), output_hidden_states=True, output_attentions=True)
         return kd_loss(s_out, t_out, batch["labels"], batch["attention_mask"], settings.kd, num_labels)
 
-    result = train_loop(student, loader, step_loss, out_dir, settings, "distill MA student", extra_models=(teacher,))
-    return _finish(result, tokenizer, out_dir, settings)
+    return _kd_run(teacher, student, student, loader, step_loss, tokenizer, out_dir, settings, "distill MA student")
+
+
+def kd_pretrain(teacher, student, tokenizer, texts, out_dir, settings: TrainSettings, mlm_probability: float = 0.15):
+    """KD pre-training on unlabelled text: hidden-state and attention-map distillation (β·(Σ hidden MSE +
+    100·Σ attention MSE)), plus the student's MLM loss when both models have an MLM head. PowerNorm statistics
+    warm up here; a fresh student is handed over from LayerNorm/GELU as in `distill`. Task heads are untouched."""
+    from transformers import DataCollatorForLanguageModeling
+
+    from .data import tokenize
+    from .distill import ATTENTION_WEIGHT, representation_loss
+
+    out_dir = Path(out_dir)
+    _eager_attention(teacher)
+    teacher.eval()
+    with_mlm = _has_mlm_head(student) and _has_mlm_head(teacher)
+    encoded = tokenize(texts, tokenizer, student.config.softmax_input_size)
+    pad_to = pads_to_full_length(student)
+    collator = (DataCollatorForLanguageModeling(tokenizer, mlm_probability=mlm_probability, pad_to_multiple_of=pad_to)
+                if with_mlm else DataCollatorWithPadding(tokenizer, padding="max_length" if pad_to else "longest",
+                                                         max_length=pad_to))
+    loader = DataLoader(encoded, batch_size=settings.batch_size, sampler=EpochShuffle(len(encoded), settings.seed),
+                        collate_fn=collator)
+    # without MLM only the encoder is trained: heads would get no gradient (and stall DDP)
+    trained = student if with_mlm else student.base_model
+    teacher_body = teacher if with_mlm else teacher.base_model
+
+    def step_loss(model, batch):
+        with torch.no_grad():
+            t_out = teacher_body(**_model_inputs(teacher, batch), output_hidden_states=True, output_attentions=True)
+        extra = {"labels": batch["labels"]} if with_mlm else {}
+        s_out = model(**_model_inputs(student, batch), output_hidden_states=True, output_attentions=True, **extra)
+        terms = representation_loss(s_out, t_out, batch["attention_mask"])
+        terms["total"] = settings.kd.beta * (terms["hidden"] + ATTENTION_WEIGHT * terms["attention"])
+        if with_mlm:
+            terms["mlm"] = s_out.loss
+            terms["total"] = terms["total"] + s_out.loss
+        return terms
+
+    return _kd_run(teacher, student, trained, loader, step_loss, tokenizer, out_dir, settings, "KD pre-train MA student")
+
+
+def _has_mlm_head(model) -> bool:
+    return type(model).__name__.endswith("ForMaskedLM")
+
+
+def _kd_run(teacher, student, trained, loader, step_loss, tokenizer, out_dir, settings, description) -> dict:
+    """Runs a KD loop on `trained` (the student or its encoder) with the LayerNorm/GELU hand-over for a fresh
+    student, and saves the whole student."""
+    handover = None
+    if settings.handover and HandOver.applies_to(student):
+        handover = HandOver(student, settings.handover)
+    elif settings.handover:
+        tqdm.write(f"{description}: the student's PowerNorms are already trained; no LayerNorm/GELU hand-over")
+    try:
+        result = train_loop(trained, loader, step_loss, out_dir, settings, description, extra_models=(teacher,),
+                            before_step=handover.set_progress if handover else None,
+                            find_unused_parameters=trained is not student)
+    finally:
+        if handover is not None:
+            handover.remove()
+    result["model"] = student
+    summary = _finish(result, tokenizer, out_dir, settings)
+    summary["handover_modules"] = handover.count if handover else 0
+    return summary
 
 
 def _eager_attention(model) -> None:
