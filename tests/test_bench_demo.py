@@ -54,6 +54,10 @@ def test_demo_pipeline_end_to_end_toy(tmp_path, capsys):
         assert (tmp_path / artefact).exists(), artefact
     export = json.loads((tmp_path / "export.json").read_text())
     assert export["audit_student"]["passed"] and not export["audit_teacher"]["passed"]
+    fp32, int8 = (export["onnx_metrics"][n]["accuracy"] for n in ("ma-student", "ma-student-int8"))
+    assert f"ma-student-int8 ONNX accuracy | {int8:.4f}  (Δ vs fp32 {100 * (int8 - fp32):+.2f} points)" in text
+    # the student went through the hand-over and was saved as plain MA-BERT
+    assert json.loads((tmp_path / "distill.json").read_text())["handover_modules"] == 13 + 6
     # a second run skips every finished stage
     stamp = (tmp_path / "teacher.json").stat().st_mtime_ns
     capsys.readouterr()

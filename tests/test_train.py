@@ -121,3 +121,32 @@ def test_accelerate_two_process_ranks_agree(tmp_path, tiny_vocab):
     ranks = [(tmp_path / f"rank{i}.txt").read_text().split() for i in range(2)]
     assert ranks[0][0] == "2" and ranks[0][1] == "4"
     assert ranks[0] == ranks[1]  # same world size, steps and final weights on both ranks
+
+
+def test_distill_ends_with_phi_measured_on_the_final_weights(tmp_path, tiny_vocab):
+    from itertools import islice
+
+    from mabert.data import tokenize
+    from mabert.powernorm import PowerNorm, calibrate_running_phi
+    from mabert.train import _model_inputs, make_loader
+
+    tokenizer = BertTokenizerFast(vocab_file=str(tiny_vocab))
+    teacher = tiny_teacher()
+    runs = {}
+    for batches in (0, 3):
+        student = mabert.convert(teacher, softmax_input_size=16, softmax_mask_mode="masked", accumulation_step=1,
+                                 approximator_init_steps=10)
+        summary = distill(teacher, student, tokenizer, sentiment_data(), tmp_path / f"s{batches}",
+                          TrainSettings(epochs=2, batch_size=8, lr=1e-3, recalibrate_phi_batches=batches))
+        assert summary["phi_recalibrated_batches"] == batches
+        runs[batches] = summary["model"]
+    running, recalibrated = runs[0], runs[3]
+    stale = [m.running_phi.clone() for m in running.modules() if isinstance(m, PowerNorm)]
+    # identical training; only φ differs, and it is what calibration on the first 3 training batches gives
+    loader = make_loader(tokenize(sentiment_data(), tokenizer, 16), tokenizer, 8, shuffle_seed=0)
+    loader.sampler.choose_epoch(1)  # the loop left its sampler at the last epoch
+    calibrate_running_phi(running, list(islice(iter(loader), 3)), lambda m, b: m(**_model_inputs(m, b)))
+    for name, value in recalibrated.state_dict().items():
+        torch.testing.assert_close(running.state_dict()[name], value, msg=name)
+    fresh = [m.running_phi for m in recalibrated.modules() if isinstance(m, PowerNorm)]
+    assert len(stale) == 5 and max(float((a / b - 1).abs().max()) for a, b in zip(stale, fresh)) > 0.05

@@ -143,7 +143,8 @@ class Pipeline:
         summary = distill(teacher, student, self.tokenizer(), train, self.out / "student",
                           self.train_settings(self.settings.student_epochs, self.settings.student_lr))
         metrics = evaluate(summary["model"], self.tokenizer(), held_out, task)
-        return {"metrics": metrics, "steps": summary["steps"], "wall_time_s": summary["wall_time_s"]}
+        return {"metrics": metrics, "steps": summary["steps"], "wall_time_s": summary["wall_time_s"],
+                "handover_modules": summary["handover_modules"]}
 
     def run_export(self) -> dict:
         from .data import tokenize

@@ -47,8 +47,12 @@ def summary_rows(records: dict) -> list[tuple[str, str]]:
         rows.append((f"teacher {key} ({teacher.get('eval_split', 'held-out')})", f"{t_value:.4f}"))
         rows.append((f"MA student {key}", f"{s_value:.4f}  (Δ {100 * (s_value - t_value):+.2f} points)"))
     export = records.get("export", {})
-    for name, metrics in export.get("onnx_metrics", {}).items():
-        rows.append((f"{name} ONNX {headline(metrics)[0]}", f"{headline(metrics)[1]:.4f}"))
+    onnx_metrics = export.get("onnx_metrics", {})
+    fp32 = headline(onnx_metrics["ma-student"])[1] if "ma-student" in onnx_metrics else None
+    for name, metrics in onnx_metrics.items():
+        key, value = headline(metrics)
+        delta = f"  (Δ vs fp32 {100 * (value - fp32):+.2f} points)" if fp32 is not None and name != "ma-student" else ""
+        rows.append((f"{name} ONNX {key}", f"{value:.4f}{delta}"))
     if export:
         audit = export["audit_student"]
         rows.append(("audit MA student ONNX", "PASS" if audit["passed"] else f"FAIL {audit['forbidden']}"))

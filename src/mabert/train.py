@@ -38,6 +38,8 @@ class TrainSettings:
     # distill only: fraction of the run over which a fresh student is handed over from LayerNorm/GELU to
     # PowerNorm/ReLU (see mabert.handover); 0 switches at once, as the reference does
     handover: float = 0.5
+    # distill/kd_pretrain: training batches used to re-estimate PowerNorm φ at the end (0: keep the running φ)
+    recalibrate_phi_batches: int = 16
 
 
 class EpochShuffle(Sampler):
@@ -263,10 +265,31 @@ def _kd_run(teacher, student, trained, loader, step_loss, tokenizer, out_dir, se
     finally:
         if handover is not None:
             handover.remove()
+    recalibrated = _recalibrate_phi(trained, student, loader, settings.recalibrate_phi_batches)
     result["model"] = student
     summary = _finish(result, tokenizer, out_dir, settings)
     summary["handover_modules"] = handover.count if handover else 0
+    summary["phi_recalibrated_batches"] = recalibrated
     return summary
+
+
+def _recalibrate_phi(trained, student, loader, batches: int) -> int:
+    """While PowerNorm is in warm-up, training divides by batch statistics, and the running φ that inference uses
+    averages statistics of weights long gone: after a hand-over, φ of the last layers' FFN norms was measured 25×
+    too large and the student predicted one class. So φ is re-estimated from `batches` training batches with the
+    final weights (the same batches on every rank, so DDP ranks stay identical). Returns the batches used."""
+    from itertools import islice
+
+    from .powernorm import PowerNorm, calibrate_running_phi
+
+    norms = [m for m in student.modules() if isinstance(m, PowerNorm)]
+    if not batches or not norms or not all(int(n.iters.item()) <= n.warmup_iters for n in norms):
+        return 0
+    device = next(trained.parameters()).device
+    picked = list(islice(iter(loader), batches))
+    calibrate_running_phi(trained, picked, lambda model, batch: model(
+        **{k: v.to(device) for k, v in _model_inputs(student, batch).items()}))
+    return len(picked)
 
 
 def _eager_attention(model) -> None:
