@@ -1,10 +1,12 @@
 """Stage 3 — fuse: fold every inference-time PowerNorm, 1/√d and the masking into the linear layers.
 
-The result, `FusedMAModel`, computes logits with matmul, add, multiply-by-constant (the 0/1 mask), ReLU and
-gathers only. The residual stream is stored divided by a per-channel scale C (h = C ⊙ r): a norm
-a = s ⊙ u + t then becomes C ← s ⊙ C, and every linear reading the stream absorbs C into its input
-columns while every linear writing it absorbs 1/C (and the shift t/C) into its output rows. The
-embedding norm lands in the tables (its shift in the position table), the last one in the head.
+The result, `FusedMAModel`, computes logits with matmul, add, multiply-by-constant (the 0/1 mask and per-channel
+norm scales), ReLU and gathers only. The residual stream is the normalised one (each PowerNorm's output, about
+unit RMS per channel, which is what int8 activation quantization needs): a norm h' = s ⊙ (h + W·x + b) + t
+becomes h' = h ⊙ s + (diag(s)·W)·x + (s ⊙ b + t), one multiply by a constant vector plus the writer linear with
+the norm folded into its rows. The embedding norm lands in the tables (its shift in the position table).
+(Carrying the stream divided by the product of the scales instead saves that multiply but spreads channel
+ranges over orders of magnitude: int8 versions of such a graph predicted one class.)
 
 Attention with the approximator reassociates (S·W1ᵀ = Q·(W1·K)ᵀ, P·V = H·(W2ᵀ·V) + b2·V) when that is
 cheaper at the model's length L, so no T×T score matrix is ever formed.
@@ -35,12 +37,17 @@ def _linear(weight, bias):
     return nn.Parameter(weight.float().contiguous(), requires_grad=False), nn.Parameter(bias.float().contiguous(), requires_grad=False)
 
 
+def _vector(values):
+    return nn.Parameter(values.float().contiguous(), requires_grad=False)
+
+
 class FusedLayer(nn.Module):
-    def __init__(self, q, k, v, o, f1, f2, num_heads):
+    def __init__(self, q, k, v, o, f1, f2, scale1, scale2, num_heads):
         super().__init__()
         self.num_heads = num_heads
         (self.wq, self.bq), (self.wk, self.bk), (self.wv, self.bv) = q, k, v
         (self.wo, self.bo), (self.w1, self.b1), (self.w2, self.b2) = o, f1, f2
+        self.scale1, self.scale2 = _vector(scale1), _vector(scale2)
 
 
 class FusedMAModel(nn.Module):
@@ -56,7 +63,7 @@ class FusedMAModel(nn.Module):
         return x.view(batch, length, heads, -1).transpose(1, 2)
 
     def _attention(self, layer, index, r, mask):
-        """r: stored stream (B, T, H); mask (B, T) float. Returns the context (B, T, H)."""
+        """r: the stream (B, T, H); mask (B, T) float. Returns the context (B, T, H)."""
         length = r.shape[1]
         w1, b1, w2, b2 = (self.approximators[4 * index + i] for i in range(4))
         w1, w2, b2 = w1[:, :length], w2[:length], b2[:length]
@@ -89,8 +96,8 @@ class FusedMAModel(nn.Module):
                 token_type_ids = torch.zeros_like(input_ids)
             r = r + nn.functional.embedding(token_type_ids, self.type_table)
         for index, layer in enumerate(self.layers):
-            r = r + self._attention(layer, index, r, mask) @ layer.wo.T + layer.bo
-            r = r + torch.relu(r @ layer.w1.T + layer.b1) @ layer.w2.T + layer.b2
+            r = r * layer.scale1 + self._attention(layer, index, r, mask) @ layer.wo.T + layer.bo
+            r = r * layer.scale2 + torch.relu(r @ layer.w1.T + layer.b1) @ layer.w2.T + layer.b2
         first = r[:, 0]
         pooled = first @ self.pool_w.T + self.pool_b
         pooled = {"tanh": torch.tanh, "relu": torch.relu, "identity": lambda x: x}[self.pool_act](pooled)
@@ -145,37 +152,31 @@ def fuse(model, check: bool = True, reassociate: bool | None = None) -> FusedMAM
                          if reassociate is None else reassociate)
     fused.pool_act = parts["pool_act"]
 
-    norm0 = _Affine(parts["norm0"])
-    scale = norm0.scale.clone()                       # C: h = C ⊙ r
-    word = parts["word"].double()
-    pos = parts["pos"].double() + norm0.shift / scale  # h0 = s0⊙e + t0  →  r0 = e + t0/s0
-    fused.word_table = nn.Parameter(word.float(), requires_grad=False)
-    fused.position_table = nn.Parameter(pos.float(), requires_grad=False)
-    fused.type_table = (nn.Parameter(parts["type"].float(), requires_grad=False)
-                        if parts["type"] is not None else None)
+    norm0 = _Affine(parts["norm0"])  # h0 = s0 ⊙ (word + pos + type) + t0, folded into the tables
+    fused.word_table = _vector(parts["word"].double() * norm0.scale)
+    fused.position_table = _vector(parts["pos"].double() * norm0.scale + norm0.shift)
+    fused.type_table = _vector(parts["type"].double() * norm0.scale) if parts["type"] is not None else None
 
     inv_sqrt_d = head_dim ** -0.5
+
+    def writer(linear, norm):  # s ⊙ (W·x + b) + t
+        return _linear(linear.weight.double() * norm.scale[:, None], linear.bias.double() * norm.scale + norm.shift)
+
+    def reader(linear, factor=1.0):
+        return _linear(linear.weight.double() * factor, linear.bias.double() * factor)
+
     for spec in parts["layers"]:
         if not isinstance(spec["act"], nn.ReLU) and type(spec["act"]).__name__ != "ReLU":
             raise MABertError("fuse needs the ReLU feed-forward (ffn_hidden_act='relu')")
-        def reader(linear, factor=1.0):
-            return _linear(linear.weight.double() * scale[None, :] * factor, linear.bias.double() * factor)
-        q, k, v = reader(spec["q"], inv_sqrt_d), reader(spec["k"]), reader(spec["v"])
-        norm1 = _Affine(spec["norm1"])
-        new_scale = norm1.scale * scale
-        o = _linear(spec["o"].weight.double() / scale[:, None], spec["o"].bias.double() / scale + norm1.shift / new_scale)
-        scale = new_scale
-        f1 = reader(spec["f1"])
-        norm2 = _Affine(spec["norm2"])
-        new_scale = norm2.scale * scale
-        f2 = _linear(spec["f2"].weight.double() / scale[:, None], spec["f2"].bias.double() / scale + norm2.shift / new_scale)
-        scale = new_scale
-        fused.layers.append(FusedLayer(q, k, v, o, f1, f2, num_heads))
+        norm1, norm2 = _Affine(spec["norm1"]), _Affine(spec["norm2"])
+        fused.layers.append(FusedLayer(
+            reader(spec["q"], inv_sqrt_d), reader(spec["k"]), reader(spec["v"]), writer(spec["o"], norm1),
+            reader(spec["f1"]), writer(spec["f2"], norm2), norm1.scale, norm2.scale, num_heads))
         approx = spec["approx"].linear_relu_stack
         for tensor in (approx[0].weight, approx[0].bias, approx[2].weight, approx[2].bias):
             fused.approximators.append(nn.Parameter(tensor.detach().float().clone(), requires_grad=False))
 
-    fused.pool_w, fused.pool_b = _linear(parts["pool"].weight.double() * scale[None, :], parts["pool"].bias.double())
+    fused.pool_w, fused.pool_b = reader(parts["pool"])
     fused.cls_w, fused.cls_b = _linear(parts["cls"].weight.double(), parts["cls"].bias.double())
     fused.config = config
     fused.eval()

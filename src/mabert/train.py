@@ -175,7 +175,7 @@ def _save_checkpoint(accelerator, checkpoint_dir: Path, step: int) -> None:
 
 
 def finetune(model, tokenizer, train_set, out_dir, settings: TrainSettings, max_length: int = 128) -> dict:
-    """Plain fine-tuning (the teacher)."""
+    """Plain fine-tuning (the teacher; an MA model gets its PowerNorm φ re-estimated at the end, as in KD)."""
     from .data import tokenize
 
     out_dir = Path(out_dir)
@@ -183,6 +183,7 @@ def finetune(model, tokenizer, train_set, out_dir, settings: TrainSettings, max_
                          pads_to_full_length(model))
     result = train_loop(model, loader, lambda m, b: {"total": m(**_model_inputs(model, b), labels=b["labels"]).loss},
                         out_dir, settings, "fine-tune teacher")
+    _recalibrate_phi(model, model, loader, settings.recalibrate_phi_batches)
     return _finish(result, tokenizer, out_dir, settings)
 
 
