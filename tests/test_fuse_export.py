@@ -7,7 +7,7 @@ import mabert
 from conftest import VECTORS, make_realistic, require_shared, tiny_bert_config, tiny_distilbert_config
 from mabert.errors import MABertError
 from mabert.export import audit, export_onnx, onnx_feed
-from mabert.fuse import FusedMAModel, fuse
+from mabert.fuse import FusedMAModel, check_parity, fuse
 
 CONFIGS = {
     "bert-multiply": lambda: tiny_bert_config(),
@@ -47,6 +47,17 @@ def test_fuses_released_checkpoint_exactly():
     with torch.no_grad():
         got = fuse(model)(io["input_ids"], io["attention_mask"], io["token_type_ids"])
     torch.testing.assert_close(got, io["logits"], atol=1e-5, rtol=0)
+
+
+def test_parity_check_fails_on_non_finite_outputs():
+    model = make_realistic(AutoModelForSequenceClassification.from_config(CONFIGS["bert-multiply"]()))
+    fused = fuse(model)
+    nan_out = lambda ids, attention_mask=None: torch.full((ids.shape[0], model.config.num_labels), float("nan"))
+    with pytest.raises(MABertError, match="disagrees"):
+        check_parity(model, nan_out)
+    model.classifier.bias.data.fill_(float("inf"))
+    with pytest.raises(MABertError, match="not finite"):
+        check_parity(model, fused)
 
 
 def test_refuses_what_cannot_be_fused_exactly():
