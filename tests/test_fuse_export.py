@@ -7,7 +7,8 @@ import mabert
 from conftest import VECTORS, make_realistic, require_shared, tiny_bert_config, tiny_distilbert_config
 from mabert.errors import MABertError
 from mabert.export import audit, export_onnx, onnx_feed
-from mabert.fuse import FusedMAModel, check_parity, fuse
+from mabert.fuse import (FusedMAModel, check_fold, fold_norm_into_tables, fold_norm_into_writer, fp32_deviation, fuse,
+                         scale_linear)
 
 CONFIGS = {
     "bert-multiply": lambda: tiny_bert_config(),
@@ -49,15 +50,51 @@ def test_fuses_released_checkpoint_exactly():
     torch.testing.assert_close(got, io["logits"], atol=1e-5, rtol=0)
 
 
-def test_parity_check_fails_on_non_finite_outputs():
+def test_folds_are_exact_in_float64():
+    """Each fold against the computation it replaces, on random float64 data."""
+    g = torch.Generator().manual_seed(0)
+    x, h = torch.randn(5, 6, dtype=torch.float64, generator=g), torch.randn(5, 4, dtype=torch.float64, generator=g)
+    w, b = torch.randn(4, 6, dtype=torch.float64, generator=g), torch.randn(4, dtype=torch.float64, generator=g)
+    s, t = torch.rand(4, dtype=torch.float64, generator=g) + 0.1, torch.randn(4, dtype=torch.float64, generator=g)
+    fw, fb = fold_norm_into_writer(w, b, s, t)
+    torch.testing.assert_close(h * s + x @ fw.T + fb, s * (h + x @ w.T + b) + t, rtol=0, atol=1e-12)
+    qw, qb = scale_linear(w, b, 0.125)
+    torch.testing.assert_close(x @ qw.T + qb, 0.125 * (x @ w.T + b), rtol=0, atol=1e-12)
+    word, pos, typ = (torch.randn(n, 4, dtype=torch.float64, generator=g) for n in (7, 3, 2))
+    fword, fpos, ftyp = fold_norm_into_tables(word, pos, typ, s, t)
+    torch.testing.assert_close(fword[5] + fpos[1] + ftyp[1], s * (word[5] + pos[1] + typ[1]) + t, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_fold_check_is_exact_and_catches_a_wrong_fold(name, monkeypatch):
+    model = make_realistic(AutoModelForSequenceClassification.from_config(CONFIGS[name]()))
+    assert check_fold(model) < 1e-12
+    import mabert.fuse as fuse_module
+
+    # a fold that is wrong by one part in a million is a bug the float64 check must see
+    monkeypatch.setattr(fuse_module, "scale_linear", lambda w, b, f: (w * f * (1 + 1e-6), b * f))
+    with pytest.raises(MABertError, match="fold is wrong"):
+        fuse(model)
+
+
+def test_fp32_deviation_is_measured_not_failed():
     model = make_realistic(AutoModelForSequenceClassification.from_config(CONFIGS["bert-multiply"]()))
     fused = fuse(model)
-    nan_out = lambda ids, attention_mask=None: torch.full((ids.shape[0], model.config.num_labels), float("nan"))
-    with pytest.raises(MABertError, match="disagrees"):
-        check_parity(model, nan_out)
-    model.classifier.bias.data.fill_(float("inf"))
-    with pytest.raises(MABertError, match="not finite"):
-        check_parity(model, fused)
+    deviation = fp32_deviation(model, fused, [_padded_batch(16), _padded_batch(9)])
+    assert 0 < deviation < 1e-5
+    nan_fused = lambda ids, attention_mask=None, token_type_ids=None: torch.full((ids.shape[0], 2), float("nan"))
+    assert fp32_deviation(model, nan_fused, [_padded_batch(16)]) == float("inf")
+
+
+def test_zero_scale_channel_still_fuses():
+    """The fold multiplies by the norm scales (it never divides), so a dead channel is fine."""
+    model = make_realistic(AutoModelForSequenceClassification.from_config(CONFIGS["bert-multiply"]()))
+    model.bert.encoder.layer[0].output.LayerNorm.weight.data[3] = 0.0
+    fused = fuse(model)
+    ids, mask = _padded_batch(16)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(ids, attention_mask=mask), model(ids, attention_mask=mask).logits,
+                                   atol=1e-5, rtol=1e-4)
 
 
 def test_refuses_what_cannot_be_fused_exactly():

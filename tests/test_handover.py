@@ -88,3 +88,20 @@ def test_schedule_and_when_it_applies():
     assert not HandOver.applies_to(student)  # an MA-trained student is left alone
     with pytest.raises(ValueError, match="fraction"):
         HandOver(student, 1.5)
+
+
+def test_no_weight_decay_on_norm_scales_during_the_handover():
+    """Decay goes by shape (matrices only): a PowerNorm γ renamed `…LayerNorm.new.weight` by the blend is exempt."""
+    from mabert.train import parameter_groups
+
+    student = student_of(realistic_teacher())
+    HandOver(student, 0.5)
+    decayed, exempt = parameter_groups(student, 0.01)
+    assert decayed["weight_decay"] == 0.01 and exempt["weight_decay"] == 0.0
+    names = {id(p): n for n, p in student.named_parameters()}
+    norm_scales = [m.weight for m in student.modules() if isinstance(m, PowerNorm)]
+    assert norm_scales and all(names[id(w)].endswith("LayerNorm.new.weight") for w in norm_scales)
+    assert {id(w) for w in norm_scales} <= {id(p) for p in exempt["params"]}
+    linear_weights = [m.weight for m in student.modules() if isinstance(m, torch.nn.Linear)]
+    assert {id(w) for w in linear_weights} <= {id(p) for p in decayed["params"]}
+    assert not {id(p) for p in decayed["params"]} & {id(p) for p in exempt["params"]}

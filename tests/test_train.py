@@ -127,6 +127,7 @@ def test_distill_ends_with_phi_measured_on_the_final_weights(tmp_path, tiny_voca
     from itertools import islice
 
     from mabert.data import tokenize
+    from mabert.bounds import calibrate_bounds
     from mabert.powernorm import PowerNorm, calibrate_running_phi
     from mabert.train import _model_inputs, make_loader
 
@@ -142,10 +143,12 @@ def test_distill_ends_with_phi_measured_on_the_final_weights(tmp_path, tiny_voca
         runs[batches] = summary["model"]
     running, recalibrated = runs[0], runs[3]
     stale = [m.running_phi.clone() for m in running.modules() if isinstance(m, PowerNorm)]
-    # identical training; only φ differs, and it is what calibration on the first 3 training batches gives
+    # identical training; only φ and the bounds differ, and they are what calibration on the first 3 training batches gives
     loader = make_loader(tokenize(sentiment_data(), tokenizer, 16), tokenizer, 8, shuffle_seed=0)
     loader.sampler.choose_epoch(1)  # the loop left its sampler at the last epoch
-    calibrate_running_phi(running, list(islice(iter(loader), 3)), lambda m, b: m(**_model_inputs(m, b)))
+    picked, forward = list(islice(iter(loader), 3)), lambda m, b: m(**_model_inputs(m, b))
+    calibrate_running_phi(running, picked, forward)
+    assert calibrate_bounds(running, picked, forward) == summary["bounds_calibrated"] == 5 + 1  # norms + logits
     for name, value in recalibrated.state_dict().items():
         torch.testing.assert_close(running.state_dict()[name], value, msg=name)
     fresh = [m.running_phi for m in recalibrated.modules() if isinstance(m, PowerNorm)]

@@ -16,8 +16,11 @@ def _ma_settings(
     warmup_updates: int = 997120,
     accumulation_step: int = 8,
     ffn_hidden_act: str = "relu",
+    activation_bounds: bool = False,
 ) -> dict:
-    """The MA technique settings, defaults as in the MA-BERT release, checked once for both configs."""
+    """The MA technique settings, defaults as in the MA-BERT release, checked once for both configs.
+    `activation_bounds` (not in the release) clamps every PowerNorm output and the logits at inference to ranges
+    calibrated on training data (`mabert.bounds`), so no input can make the model overflow."""
     norm_type = str(norm_type).lower()
     if norm_type not in ("power", "layer"):
         raise ValueError(f"norm_type must be 'power' or 'layer', got {norm_type!r}")
@@ -33,6 +36,7 @@ def _ma_settings(
         warmup_updates=int(warmup_updates),
         accumulation_step=int(accumulation_step),
         ffn_hidden_act=ffn_hidden_act,
+        activation_bounds=bool(activation_bounds),
     )
 
 

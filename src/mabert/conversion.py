@@ -71,7 +71,8 @@ def convert(model_or_path, head: str | None = None, num_labels: int | None = Non
 
     Every teacher tensor is copied (LayerNorm γ/β become PowerNorm γ/β); the approximators are
     initialised to imitate softmax on synthetic score rows; PowerNorm statistics start fresh and
-    warm up during knowledge transfer. With `head="seqcls"` and a teacher without a classifier,
+    warm up during knowledge transfer; activation bounds (on unless `activation_bounds=False`) are
+    calibrated when training ends. With `head="seqcls"` and a teacher without a classifier,
     a fresh classifier with `num_labels` outputs is added.
     """
     teacher = load_teacher(model_or_path, head)
@@ -79,7 +80,8 @@ def convert(model_or_path, head: str | None = None, num_labels: int | None = Non
     head = head or teacher_head
     if head not in HEADS:
         raise MABertError(f"head must be one of {HEADS}, got {head!r}")
-    overrides = dict(config_overrides)
+    # new students are bounded (`mabert.bounds`); the bounds are calibrated at the end of training
+    overrides = {"activation_bounds": True, **config_overrides}
     if num_labels is not None:
         overrides["num_labels"] = num_labels
     config = _student_config(teacher.config, overrides)

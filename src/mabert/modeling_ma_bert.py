@@ -20,6 +20,7 @@ from transformers.models.bert.modeling_bert import (
 )
 
 from .attention import ApproximatorSlot, build_approximator, check_heads, multi_head_attention, run_layers
+from .bounds import ActivationBound
 from .configuration import MABertConfig
 from .errors import MABertError
 from .feedforward import feedforward_activation
@@ -190,12 +191,16 @@ class MABertForSequenceClassification(MABertPreTrainedModel):
         self.bert = MABertModel(config)
         dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
         self.dropout = nn.Dropout(dropout)
+        # clamps the logits at inference to their calibrated range (see mabert.bounds); None when not bounded
+        self.logit_bound = ActivationBound(config.num_labels) if config.activation_bounds else None
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, **kwargs):
         outputs = self.bert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, **kwargs)
         logits = self.classifier(self.dropout(outputs.pooler_output))
+        if self.logit_bound is not None:
+            logits = self.logit_bound(logits)
         loss = sequence_classification_loss(logits, labels, self.config) if labels is not None else None
         return SequenceClassifierOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions

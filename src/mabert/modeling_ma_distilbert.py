@@ -9,6 +9,7 @@ from transformers.modeling_outputs import BaseModelOutput, MaskedLMOutput, Seque
 from transformers.models.distilbert.modeling_distilbert import FFN, Embeddings
 
 from .attention import ApproximatorSlot, build_approximator, check_heads, multi_head_attention, run_layers
+from .bounds import ActivationBound
 from .configuration import MADistilBertConfig
 from .feedforward import feedforward_activation
 from .heads import key_mask_from, sequence_classification_loss
@@ -137,6 +138,8 @@ class MADistilBertForSequenceClassification(MADistilBertPreTrainedModel):
         self.num_labels = config.num_labels
         self.distilbert = MADistilBertModel(config)
         self.pre_classifier = nn.Linear(config.dim, config.dim)
+        # clamps the logits at inference to their calibrated range (see mabert.bounds); None when not bounded
+        self.logit_bound = ActivationBound(config.num_labels) if config.activation_bounds else None
         self.classifier = nn.Linear(config.dim, config.num_labels)
         self.dropout = nn.Dropout(config.seq_classif_dropout)
         self.post_init()
@@ -146,6 +149,8 @@ class MADistilBertForSequenceClassification(MADistilBertPreTrainedModel):
         outputs = self.distilbert(input_ids, attention_mask=attention_mask, **kwargs)
         pooled = nn.functional.relu(self.pre_classifier(outputs.last_hidden_state[:, 0]))
         logits = self.classifier(self.dropout(pooled))
+        if self.logit_bound is not None:
+            logits = self.logit_bound(logits)
         loss = sequence_classification_loss(logits, labels, self.config) if labels is not None else None
         return SequenceClassifierOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions

@@ -8,7 +8,8 @@ Training semantics follow the MA-BERT reference (itself the masked PowerNorm of 
   statistic: during warm-up first a cumulative average, then (always) an EMA with alpha_fwd;
 - backward is the PowerNorm approximate backward with the `ema_gz` correction term.
 At inference it is the fixed per-channel affine map γ·x/√(φ+ε)+β (see `inference_affine`),
-which `mabert.fuse` folds into neighbouring linear layers.
+which `mabert.fuse` folds into neighbouring linear layers, followed, in a bounded model, by a per-channel clamp
+calibrated on training data (`mabert.bounds`).
 Buffers keep the reference names and shapes: running_phi, ema_gz, accumulated_var (1, C, 1, 1),
 iters (1,) int64.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .bounds import ActivationBound
 
 def _global_mean(rows: torch.Tensor) -> torch.Tensor:
     """Per-channel mean over all rows of every process, so DDP ranks keep identical statistics."""
@@ -58,6 +60,7 @@ class PowerNorm(nn.Module):
         alpha_bkw: float = 0.9,
         warmup_iters: int = 997120,
         accumulation_step: int = 8,
+        bounded: bool = False,
     ):
         super().__init__()
         self.num_features = num_features
@@ -72,6 +75,7 @@ class PowerNorm(nn.Module):
         self.register_buffer("ema_gz", torch.zeros(1, num_features, 1, 1))
         self.register_buffer("iters", torch.zeros(1, dtype=torch.long))
         self.register_buffer("accumulated_var", torch.zeros(1, num_features, 1, 1))
+        self.bound = ActivationBound(num_features) if bounded else None
 
     def extra_repr(self) -> str:
         return (
@@ -93,7 +97,8 @@ class PowerNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             scale, shift = self.inference_affine()
-            return x * scale + shift
+            out = x * scale + shift
+            return self.bound(out) if self.bound is not None else out
         channels = self.num_features
         with torch.no_grad():
             self.iters += 1
@@ -126,6 +131,7 @@ def make_norm(config) -> nn.Module:
             eps=config.layer_norm_eps,
             warmup_iters=config.warmup_updates,
             accumulation_step=config.accumulation_step,
+            bounded=config.activation_bounds,
         )
     if kind == "layer":
         return nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)

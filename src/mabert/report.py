@@ -53,6 +53,9 @@ def summary_rows(records: dict) -> list[tuple[str, str]]:
         key, value = headline(metrics)
         delta = f"  (Δ vs fp32 {100 * (value - fp32):+.2f} points)" if fp32 is not None and name != "ma-student" else ""
         rows.append((f"{name} ONNX {key}", f"{value:.4f}{delta}"))
+    if export and "fused_fp32_deviation" in export:
+        rows.append(("fused / ONNX fp32 deviation from the student (relative)",
+                     f"{export['fused_fp32_deviation']:.1e} / {export['onnx_fp32_deviation']:.1e}"))
     if export:
         audit = export["audit_student"]
         rows.append(("audit MA student ONNX", "PASS" if audit["passed"] else f"FAIL {audit['forbidden']}"))

@@ -38,7 +38,8 @@ class TrainSettings:
     # distill only: fraction of the run over which a fresh student is handed over from LayerNorm/GELU to
     # PowerNorm/ReLU (see mabert.handover); 0 switches at once, as the reference does
     handover: float = 0.5
-    # distill/kd_pretrain: training batches used to re-estimate PowerNorm φ at the end (0: keep the running φ)
+    # training batches used at the end to re-estimate PowerNorm φ (while in warm-up) and to calibrate the activation
+    # bounds of a bounded MA model (0: keep the running φ, leave the bounds as they are)
     recalibrate_phi_batches: int = 16
 
 
@@ -89,6 +90,15 @@ def _model_inputs(model, batch):
     return {k: batch[k] for k in names if k in batch}
 
 
+def parameter_groups(model, weight_decay: float) -> list[dict]:
+    """AdamW groups: weight decay on matrices (≥ 2-D: linear weights, embeddings) only; biases and norm scales
+    (1-D) are exempt. Decided by shape, not by name: during the hand-over a PowerNorm's γ is called
+    `…LayerNorm.new.weight`, which name patterns missed."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    return [{"params": [p for p in trainable if p.ndim >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0}]
+
+
 def train_loop(model, loader, step_loss, out_dir: Path, settings: TrainSettings, description: str,
                extra_models=(), before_step=None, find_unused_parameters: bool = False) -> dict:
     """Generic loop. `step_loss(model, batch)` gets the prepared (possibly DDP-wrapped) model and returns a
@@ -104,14 +114,7 @@ def train_loop(model, loader, step_loss, out_dir: Path, settings: TrainSettings,
     set_seed(settings.seed)
     steps_per_epoch = len(loader)
     total_steps = settings.max_steps or max(1, math.ceil(settings.epochs * steps_per_epoch))
-    no_decay = ("bias", "LayerNorm.weight", "norm.weight", "layer_norm.weight")
-    groups = [
-        {"params": [p for n, p in model.named_parameters() if p.requires_grad and not any(k in n for k in no_decay)],
-         "weight_decay": settings.weight_decay},
-        {"params": [p for n, p in model.named_parameters() if p.requires_grad and any(k in n for k in no_decay)],
-         "weight_decay": 0.0},
-    ]
-    optimizer = torch.optim.AdamW(groups, lr=settings.lr)
+    optimizer = torch.optim.AdamW(parameter_groups(model, settings.weight_decay), lr=settings.lr)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(settings.warmup_ratio * total_steps), total_steps)
     # accelerate keeps this sampler object inside its wrapped loader; the epoch is chosen on it directly
     shuffle = loader.sampler if isinstance(loader.sampler, EpochShuffle) else None
@@ -183,8 +186,10 @@ def finetune(model, tokenizer, train_set, out_dir, settings: TrainSettings, max_
                          pads_to_full_length(model))
     result = train_loop(model, loader, lambda m, b: {"total": m(**_model_inputs(model, b), labels=b["labels"]).loss},
                         out_dir, settings, "fine-tune teacher")
-    _recalibrate_phi(model, model, loader, settings.recalibrate_phi_batches)
-    return _finish(result, tokenizer, out_dir, settings)
+    calibration = calibrate_for_inference(model, model, loader, settings.recalibrate_phi_batches)
+    summary = _finish(result, tokenizer, out_dir, settings)
+    summary.update(calibration)
+    return summary
 
 
 def distill(teacher, student, tokenizer, train_set, out_dir, settings: TrainSettings) -> dict:
@@ -266,31 +271,41 @@ def _kd_run(teacher, student, trained, loader, step_loss, tokenizer, out_dir, se
     finally:
         if handover is not None:
             handover.remove()
-    recalibrated = _recalibrate_phi(trained, student, loader, settings.recalibrate_phi_batches)
+    calibration = calibrate_for_inference(trained, student, loader, settings.recalibrate_phi_batches)
     result["model"] = student
     summary = _finish(result, tokenizer, out_dir, settings)
     summary["handover_modules"] = handover.count if handover else 0
-    summary["phi_recalibrated_batches"] = recalibrated
+    summary.update(calibration)
     return summary
 
 
-def _recalibrate_phi(trained, student, loader, batches: int) -> int:
-    """While PowerNorm is in warm-up, training divides by batch statistics, and the running φ that inference uses
-    averages statistics of weights long gone: after a hand-over, φ of the last layers' FFN norms was measured 25×
-    too large and the student predicted one class. So φ is re-estimated from `batches` training batches with the
-    final weights (the same batches on every rank, so DDP ranks stay identical). Returns the batches used."""
+def calibrate_for_inference(trained, student, loader, batches: int) -> dict:
+    """Inference statistics from `batches` training batches with the final weights (the same batches on every
+    rank, so DDP ranks stay identical):
+    - PowerNorm φ, while in warm-up: training divides by batch statistics, and the running φ that inference uses
+      averages statistics of weights long gone (after a hand-over, φ of the last FFN norms was measured 25× too
+      large and the student predicted one class);
+    - then the activation bounds of a bounded model (`mabert.bounds`), from the φ-normalised model.
+    Returns {"phi_recalibrated_batches": n, "bounds_calibrated": count}."""
     from itertools import islice
 
+    from .bounds import calibrate_bounds
     from .powernorm import PowerNorm, calibrate_running_phi
 
-    norms = [m for m in student.modules() if isinstance(m, PowerNorm)]
-    if not batches or not norms or not all(int(n.iters.item()) <= n.warmup_iters for n in norms):
-        return 0
+    if not batches:
+        return {"phi_recalibrated_batches": 0, "bounds_calibrated": 0}
     device = next(trained.parameters()).device
     picked = list(islice(iter(loader), batches))
-    calibrate_running_phi(trained, picked, lambda model, batch: model(
-        **{k: v.to(device) for k, v in _model_inputs(student, batch).items()}))
-    return len(picked)
+
+    def forward(model, batch):
+        return model(**{k: v.to(device) for k, v in _model_inputs(student, batch).items()})
+
+    norms = [m for m in student.modules() if isinstance(m, PowerNorm)]
+    in_warmup = bool(norms) and all(int(n.iters.item()) <= n.warmup_iters for n in norms)
+    if in_warmup:
+        calibrate_running_phi(trained, picked, forward)
+    return {"phi_recalibrated_batches": len(picked) if in_warmup else 0,
+            "bounds_calibrated": calibrate_bounds(trained, picked, forward)}
 
 
 def _eager_attention(model) -> None:
