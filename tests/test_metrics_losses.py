@@ -93,3 +93,23 @@ def test_regression_soft_term_is_mse_between_predictions():
     terms = kd_loss(s, t, torch.tensor([0.0, 2.0]), mask, KDWeights(), num_labels=1)
     assert terms["soft"].item() == pytest.approx((0.25 + 1.0) / 2)
     assert terms["task"].item() == pytest.approx((1.0 + 0.0) / 2)
+
+
+def test_unlabelled_examples_get_every_term_but_the_task_one():
+    """Teacher-labelled augmentation: label IGNORE_LABEL (NaN for regression) drops the task term only."""
+    from mabert.distill import IGNORE_LABEL
+
+    torch.manual_seed(0)
+    mask = torch.ones(3, 4, dtype=torch.long)
+    s = _outputs(torch.randn(3, 2), tuple(torch.randn(3, 4, 8) for _ in range(2)), (torch.rand(3, 2, 4, 4),))
+    t = _outputs(torch.randn(3, 2), tuple(torch.randn(3, 4, 8) for _ in range(2)), (torch.rand(3, 2, 4, 4),))
+    terms = kd_loss(s, t, torch.tensor([1, IGNORE_LABEL, 0]), mask, KDWeights(), num_labels=2)
+    torch.testing.assert_close(terms["task"], torch.nn.functional.cross_entropy(s.logits[[0, 2]], torch.tensor([1, 0])))
+    torch.testing.assert_close(terms["soft"], soft_cross_entropy(s.logits, t.logits, 15.0))  # all three rows
+    only_unlabelled = kd_loss(s, t, torch.full((3,), IGNORE_LABEL), mask, KDWeights(), num_labels=2)
+    assert only_unlabelled["task"].item() == 0.0 and torch.isfinite(only_unlabelled["total"])
+    r = _outputs(torch.tensor([[1.0], [2.0], [0.0]]), s.hidden_states, s.attentions)
+    rt = _outputs(torch.tensor([[1.5], [1.0], [3.0]]), t.hidden_states, t.attentions)
+    reg = kd_loss(r, rt, torch.tensor([0.0, float("nan"), 1.0]), mask, KDWeights(), num_labels=1)
+    assert reg["task"].item() == pytest.approx((1.0 + 1.0) / 2)
+    assert reg["soft"].item() == pytest.approx((0.25 + 1.0 + 9.0) / 3)

@@ -153,3 +153,20 @@ def test_distill_ends_with_phi_measured_on_the_final_weights(tmp_path, tiny_voca
         torch.testing.assert_close(running.state_dict()[name], value, msg=name)
     fresh = [m.running_phi for m in recalibrated.modules() if isinstance(m, PowerNorm)]
     assert len(stale) == 5 and max(float((a / b - 1).abs().max()) for a, b in zip(stale, fresh)) > 0.05
+
+
+def test_seeded_teacher_runs_are_identical(tmp_path, tiny_vocab):
+    """The classifier head is drawn inside from_pretrained: seeded before it, two runs give the same teacher."""
+    from mabert.recipe import Recipe, finetune_teacher
+
+    tokenizer = BertTokenizerFast(vocab_file=str(tiny_vocab))
+    base = tiny_teacher().bert
+    base.save_pretrained(tmp_path / "pretrained")
+    runs = []
+    for name in ("a", "b"):
+        torch.manual_seed(len(name) * 1234 + ord(name))  # whatever the global RNG state was before
+        summary = finetune_teacher(tmp_path / "pretrained", tokenizer, sentiment_data(1), 2, tmp_path / name,
+                                   Recipe(batch_size=8, seed=3), epochs=1)
+        runs.append(summary["model"].state_dict())
+    for key in runs[0]:
+        assert torch.equal(runs[0][key], runs[1][key]), key

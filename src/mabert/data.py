@@ -170,16 +170,22 @@ def _movie_bucket(movie: str) -> float:
     return int(hashlib.sha1(movie.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
 
 
-def load_rotten_tomatoes(split: str, dev_fraction: float = 0.1, test_fraction: float = 0.15) -> Dataset:
+RT_SPLITS = {"test": (0.0, 0.15), "dev": (0.15, 0.25), "train": (0.25, 1.0 + 1e-9)}  # fractions of movies
+
+
+def rotten_tomatoes_split_of(movie: str) -> str:
+    """The split a movie belongs to (by a hash of its name, so every text about one film is in one split)."""
+    bucket = _movie_bucket(movie)
+    return next(name for name, (low, high) in RT_SPLITS.items() if low <= bucket < high)
+
+
+def load_rotten_tomatoes(split: str) -> Dataset:
     """Review sentences labelled fresh (1) / rotten (0), split by movie so no film is in two splits."""
+    if split not in RT_SPLITS:
+        raise MABertError(f"split must be train, dev or test, got {split!r}")
     with bz2.open(rotten_tomatoes_file(), "rt", encoding="utf-8") as handle:
         rows = [r for r in csv.DictReader(handle) if r["category"] in ("fresh", "rotten")]
-    bounds = {"test": (0.0, test_fraction), "dev": (test_fraction, test_fraction + dev_fraction),
-              "train": (test_fraction + dev_fraction, 1.0 + 1e-9)}
-    if split not in bounds:
-        raise MABertError(f"split must be train, dev or test, got {split!r}")
-    low, high = bounds[split]
-    picked = [r for r in rows if low <= _movie_bucket(r["movie_name"]) < high]
+    picked = [r for r in rows if rotten_tomatoes_split_of(r["movie_name"]) == split]
     return Dataset.from_dict({"text_a": [r["text"] for r in picked],
                               "label": [int(r["category"] == "fresh") for r in picked],
                               "movie": [r["movie_name"] for r in picked]})
@@ -206,9 +212,10 @@ def tokenize(dataset: Dataset, tokenizer, max_length: int) -> Dataset:
     return dataset.map(encode, batched=True, remove_columns=[c for c in dataset.column_names if c not in keep])
 
 
-def load_texts(paths, max_words: int = 80) -> Dataset:
-    """Unlabelled text for KD pre-training: .txt files or folders of them, read by paragraph (blank-line
-    separated; wrapped lines are joined) and cut into passages of at most `max_words` words (column text_a)."""
+def load_texts(paths, max_words: int = 110, mixed_lengths: bool = True, seed: int = 0) -> Dataset:
+    """Unlabelled text for KD: .txt files or folders of them, read by paragraph (blank-line separated; wrapped
+    lines are joined) and cut into passages (column text_a) of lengths drawn from 3..`max_words` words (so every
+    input length is seen), or of `max_words` words each with `mixed_lengths=False`."""
     from datasets import load_dataset
 
     files = []
@@ -222,10 +229,15 @@ def load_texts(paths, max_words: int = 80) -> Dataset:
     if not files:
         raise MABertError(f"no .txt files under {paths}")
     paragraphs = load_dataset("text", data_files=files, sample_by="paragraph", split="train")["text"]
-    passages = []
-    for paragraph in paragraphs:
-        words = paragraph.split()
-        passages += [" ".join(words[i:i + max_words]) for i in range(0, len(words), max_words)]
+    if mixed_lengths:
+        from .corpora import mixed_length_passages
+
+        passages = mixed_length_passages(paragraphs, max_words, seed=seed)
+    else:
+        passages = []
+        for paragraph in paragraphs:
+            words = paragraph.split()
+            passages += [" ".join(words[i:i + max_words]) for i in range(0, len(words), max_words)]
     if not passages:
         raise MABertError(f"{', '.join(files[:3])}: no text found")
     return Dataset.from_dict({"text_a": passages})

@@ -1,6 +1,8 @@
 """The main job: the whole MA-BERT pipeline on a real pretrained BERT and real data, offline.
 
-teacher fine-tune → convert → fit approximators → KD → fuse + ONNX + audit → int8 → benchmark → report.
+teacher fine-tune → general MA model (convert the pretrained BERT, fit approximators, KD pre-training on bundled
+English of every length) → task student (general encoder + the teacher's head) → task KD with teacher-labelled
+augmentation → fuse + ONNX + audit → int8 → robustness (lengths, out-of-domain text) → benchmark → report.
 Every stage writes its artefacts and a `<stage>.json` record into one folder; a re-run skips stages whose
 record exists (use --force to redo them).
 """
@@ -8,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -16,6 +18,7 @@ from tqdm.auto import tqdm
 
 from .errors import MABertError
 from .io import atomic_file
+from .recipe import Recipe, distill_task, finetune_teacher, general_model, task_student
 
 
 @dataclass
@@ -27,23 +30,23 @@ class DemoSettings:
     eval_limit: int | None = None
     teacher_epochs: float = 1.0
     student_epochs: float = 1.5
-    handover: float = 0.4            # fraction of KD spent moving from LayerNorm/GELU to PowerNorm/ReLU
-    batch_size: int = 32
-    teacher_lr: float = 5e-5
-    student_lr: float = 1e-4
-    fit_steps: int = 400
     bench_repeats: int = 15
     threads: int = 2
-    seed: int = 0
+    recipe: Recipe = field(default_factory=Recipe)
 
     @classmethod
-    def full(cls, **kw):
-        return cls(train_limit=None, teacher_epochs=2.0, student_epochs=3.0, bench_repeats=30, **kw)
+    def full(cls, seed: int = 0, **kw):
+        return cls(train_limit=None, teacher_epochs=2.0, student_epochs=3.0, bench_repeats=30,
+                   recipe=Recipe(seed=seed, general_steps=1000), **kw)
 
     @classmethod
-    def toy(cls, **kw):
-        return cls(train_limit=64, eval_limit=64, teacher_epochs=1.0, student_epochs=1.0, batch_size=16,
-                   fit_steps=20, bench_repeats=2, **kw)
+    def toy(cls, seed: int = 0, **kw):
+        return cls(train_limit=64, eval_limit=64, teacher_epochs=1.0, student_epochs=1.0, bench_repeats=2,
+                   recipe=Recipe(seed=seed, batch_size=16, fit_steps=20, general_steps=4, unlabelled_passages=32), **kw)
+
+    @classmethod
+    def default(cls, seed: int = 0, **kw):
+        return cls(recipe=Recipe(seed=seed), **kw)
 
 
 def default_teacher() -> str:
@@ -86,7 +89,7 @@ class Pipeline:
         task, dataset = load_task(self.settings.task, split, self.settings.data_dir)
         limit = self.settings.train_limit if split == "train" else self.settings.eval_limit
         if limit and len(dataset) > limit:
-            dataset = dataset.shuffle(seed=self.settings.seed).select(range(limit))
+            dataset = dataset.shuffle(seed=self.settings.recipe.seed).select(range(limit))
         return task, dataset
 
     def eval_split(self) -> str:
@@ -97,55 +100,79 @@ class Pipeline:
 
         return AutoTokenizer.from_pretrained(self.teacher_source)
 
-    def train_settings(self, epochs, lr):
-        from .train import TrainSettings
+    def run_robustness(self) -> dict:
+        """What users meet: held-out accuracy per length (single and 4-joined held-out examples), and agreement
+        with the teacher on bundled text never distilled on (short snippets and 4 joined)."""
+        from datasets import Dataset
 
-        s = self.settings
-        return TrainSettings(epochs=epochs, batch_size=s.batch_size, lr=lr, seed=s.seed, handover=s.handover)
+        from .corpora import HELD_OUT_SOURCES, bundled_documents, joined_examples
+        from .evaluation import compare_with_teacher, evaluate_with_lengths
+        from .io import load_classifier
+
+        task, held_out = self.data(self.eval_split())
+        tokenizer = self.tokenizer()
+        teacher = load_classifier(self.out / "teacher" / "model")
+        student = load_classifier(self.out / "student" / "model")
+        record = {"in_domain": {}, "out_of_domain": {}}
+        sets = {"held-out": held_out}
+        if "text_b" not in held_out.column_names:
+            sets["held-out, 4 joined"] = joined_examples(held_out.select_columns(["text_a", "label"]), 4,
+                                                     self.settings.recipe.seed)
+        for name, data in sets.items():
+            record["in_domain"][name] = {"teacher": evaluate_with_lengths(teacher, tokenizer, data, task),
+                                         "student": evaluate_with_lengths(student, tokenizer, data, task)}
+        if "text_b" not in held_out.column_names:
+            for source in HELD_OUT_SOURCES:
+                snippets = [d for d in bundled_documents(source) if d.strip()][:self.settings.eval_limit or 1000]
+                joined = [" ".join(snippets[i:i + 4]) for i in range(0, len(snippets) - 3, 4)]
+                for name, texts in ((source, snippets), (f"{source}, 4 joined", joined)):
+                    record["out_of_domain"][name] = compare_with_teacher(student, teacher, tokenizer,
+                                                                         Dataset.from_dict({"text_a": texts}))
+        return record
 
     # --- stages ---------------------------------------------------------------------
     def run_teacher(self) -> dict:
-        from transformers import AutoModelForSequenceClassification
-
-        from .train import evaluate, finetune
+        from .train import evaluate
 
         task, train = self.data("train")
         _, held_out = self.data(self.eval_split())
-        torch.manual_seed(self.settings.seed)  # the new classifier head is drawn here, before training seeds
-        model = AutoModelForSequenceClassification.from_pretrained(self.teacher_source, num_labels=task.num_labels)
-        summary = finetune(model, self.tokenizer(), train, self.out / "teacher", self.train_settings(
-            self.settings.teacher_epochs, self.settings.teacher_lr))
+        summary = finetune_teacher(self.teacher_source, self.tokenizer(), train, task.num_labels, self.out / "teacher",
+                                   self.settings.recipe, self.settings.teacher_epochs)
         metrics = evaluate(summary["model"], self.tokenizer(), held_out, task)
         return {"metrics": metrics, "steps": summary["steps"], "wall_time_s": summary["wall_time_s"],
                 "train_examples": len(train), "eval_examples": len(held_out), "eval_split": self.eval_split()}
 
+    def run_general(self) -> dict:
+        from .corpora import bundled_passages
+
+        passages = bundled_passages(seed=self.settings.recipe.seed)
+        check, passages = passages.select(range(128)), passages.select(range(128, len(passages)))
+        return general_model(self.teacher_source, self.tokenizer(), passages, self.out / "general",
+                             self.settings.recipe, check_passages=check)
+
     def run_convert(self) -> dict:
-        from .conversion import convert
-        from .fitting import fit_to_teacher
         from .io import load_classifier, save_model_dir
 
-        teacher = load_classifier(self.out / "teacher" / "model")
         _, train = self.data("train")
-        tokenizer = self.tokenizer()
-        # identity pooler: no tanh left, and unlike a ReLU pooler initialised from tanh weights it cannot go dead
-        student = convert(teacher, softmax_mask_mode="masked", pooler_act="identity", seed=self.settings.seed)
-        record = fit_to_teacher(student, teacher, tokenizer, train, steps=self.settings.fit_steps, seed=self.settings.seed)
-        save_model_dir(student, self.out / "student-init", tokenizer)
+        general = self.out / "general" / "model" if self.settings.recipe.general_steps else None
+        student, record = task_student(load_classifier(self.out / "teacher" / "model"), self.tokenizer(), train,
+                                       self.settings.recipe, general)
+        save_model_dir(student, self.out / "student-init", self.tokenizer())
         return record
 
     def run_distill(self) -> dict:
         from .io import load_classifier
-        from .train import distill, evaluate
+        from .train import evaluate
 
         task, train = self.data("train")
         _, held_out = self.data(self.eval_split())
-        teacher = load_classifier(self.out / "teacher" / "model")
-        student = load_classifier(self.out / "student-init")
-        summary = distill(teacher, student, self.tokenizer(), train, self.out / "student",
-                          self.train_settings(self.settings.student_epochs, self.settings.student_lr))
+        summary = distill_task(load_classifier(self.out / "teacher" / "model"), load_classifier(self.out / "student-init"),
+                               self.tokenizer(), train, self.out / "student", self.settings.recipe,
+                               self.settings.student_epochs)
         metrics = evaluate(summary["model"], self.tokenizer(), held_out, task)
-        return {"metrics": metrics, "steps": summary["steps"], "wall_time_s": summary["wall_time_s"],
-                "handover_modules": summary["handover_modules"]}
+        return {"metrics": metrics, **{k: summary[k] for k in ("steps", "wall_time_s", "handover_modules",
+                                                               "labelled_examples", "unlabelled_passages",
+                                                               "bounds_calibrated")}}
 
     def run_export(self) -> dict:
         from .data import tokenize
@@ -202,8 +229,11 @@ class Pipeline:
         return {"bench": report}
 
     def run(self) -> Path:
-        stages = [("teacher", self.run_teacher), ("convert", self.run_convert), ("distill", self.run_distill),
-                  ("export", self.run_export), ("bench", self.run_bench)]
+        stages = [("teacher", self.run_teacher), ("general", self.run_general), ("convert", self.run_convert),
+                  ("distill", self.run_distill), ("export", self.run_export), ("robustness", self.run_robustness),
+                  ("bench", self.run_bench)]
+        if not self.settings.recipe.general_steps:
+            stages.pop(1)
         with tqdm(total=len(stages), desc="mabert demo", unit="stage", position=0, dynamic_ncols=True) as bar:
             for name, run in stages:
                 bar.set_postfix_str(name)

@@ -1,7 +1,8 @@
 """Technique 4: knowledge transfer from a baseline teacher.
 
 loss = α·CE(student/T, softmax(teacher/T)) + (1−α)·task + β·(Σ hidden MSE + 100·Σ attention MSE)
-For regression (one output) the soft-logit term is an MSE between the two predictions instead.
+For regression (one output) the soft-logit term is an MSE between the two predictions instead. Examples without
+a label (IGNORE_LABEL, or NaN for regression: teacher-labelled augmentation) get every term but the task one.
 Hidden states and attention maps are compared on real tokens only; a student with fewer layers
 reads every k-th teacher layer (`layer_map`).
 """
@@ -13,6 +14,7 @@ import torch
 from torch import nn
 
 ATTENTION_WEIGHT = 100.0
+IGNORE_LABEL = -100  # cross-entropy's ignore_index: an example with no label
 
 
 @dataclass
@@ -70,12 +72,15 @@ def kd_loss(student_out, teacher_out, labels, attention_mask, weights: KDWeights
             num_labels: int = 2) -> dict[str, torch.Tensor]:
     """All loss terms and their weighted total."""
     s_logits, t_logits = student_out.logits, teacher_out.logits.detach()
+    labelled = torch.isfinite(labels) if num_labels == 1 else labels != IGNORE_LABEL
     if num_labels == 1:
         soft = nn.functional.mse_loss(s_logits.squeeze(-1), t_logits.squeeze(-1))
-        task = nn.functional.mse_loss(s_logits.squeeze(-1), labels.to(s_logits.dtype))
+        task = nn.functional.mse_loss(s_logits.squeeze(-1)[labelled], labels[labelled].to(s_logits.dtype))
     else:
         soft = soft_cross_entropy(s_logits, t_logits, weights.temperature)
-        task = nn.functional.cross_entropy(s_logits, labels)
+        task = nn.functional.cross_entropy(s_logits[labelled], labels[labelled])
+    if not labelled.any():  # a batch of augmentation only
+        task = s_logits.new_zeros(())
     terms = {"soft": soft, "task": task}
     if weights.beta:
         terms.update(representation_loss(student_out, teacher_out, attention_mask))

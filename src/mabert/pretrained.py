@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from .bounds import ActivationBound
 from .powernorm import PowerNorm
 
 
@@ -20,3 +21,6 @@ def init_ma_weights(module: nn.Module, std: float) -> None:
         module.bias.data.zero_()
         if isinstance(module, PowerNorm):
             module.reset_statistics()
+    elif isinstance(module, ActivationBound):  # unset until calibrated (e.g. a new head on a general model)
+        module.low.fill_(float("-inf"))
+        module.high.fill_(float("inf"))

@@ -75,6 +75,43 @@ def summary_rows(records: dict) -> list[tuple[str, str]]:
     return rows
 
 
+def general_section(general: dict) -> list[str]:
+    errors = general["held_out_layer_errors"]
+    return ["", "## General MA model (KD pre-training on bundled English of every length)", "",
+            f"{general['steps']} steps on {general['passages']:,} passages in {general['wall_time_s']:.0f} s; "
+            "error to the pretrained BERT on 128 held-out passages:", "",
+            "| layer | " + " | ".join(str(i) for i in range(len(errors["hidden_mse"]))) + " |",
+            "|---" * (len(errors["hidden_mse"]) + 1) + "|",
+            "| hidden MSE | " + " | ".join(f"{e:.3f}" for e in errors["hidden_mse"]) + " |",
+            "| attention MSE | – | " + " | ".join(f"{e:.2e}" for e in errors["attention_mse"]) + " |"]
+
+
+def robustness_section(robustness: dict) -> list[str]:
+    """Held-out metrics per length bucket, then agreement with the teacher on text never distilled on."""
+    lines = ["", "## What users meet", "", "Held-out examples by length (tokens), teacher / MA student:", "",
+             "| set | tokens | examples | teacher | MA student | Δ points |", "|---|---|---|---|---|---|"]
+    for name, pair in robustness["in_domain"].items():
+        key, t_all = headline(pair["teacher"])
+        s_all = headline(pair["student"])[1]
+        lines.append(f"| {name} | all | | {t_all:.4f} | {s_all:.4f} | {100 * (s_all - t_all):+.2f} |")
+        for bucket, t_metrics in pair["teacher"]["by_length"].items():
+            s_metrics = pair["student"]["by_length"][bucket]
+            t_value, s_value = headline(t_metrics)[1], headline(s_metrics)[1]
+            lines.append(f"| {name} | {bucket} | {t_metrics['examples']} | {t_value:.4f} | {s_value:.4f} | "
+                         f"{100 * (s_value - t_value):+.2f} |")
+    if robustness.get("out_of_domain"):
+        lines += ["", "Text the student was never distilled on (no labels): agreement with the teacher and the "
+                  "largest |logit| of each model:", "",
+                  "| text | examples | median tokens | agreement | student max abs logit | teacher max abs logit | "
+                  "non-finite |", "|---|---|---|---|---|---|---|"]
+        for name, row in robustness["out_of_domain"].items():
+            agreement = row.get("agreement", float("nan"))
+            lines.append(f"| {name} | {row['examples']} | {row['median_tokens']:.0f} | {agreement:.4f} | "
+                         f"{row['student_max_abs_logit']:.2f} | {row['teacher_max_abs_logit']:.2f} | "
+                         f"{row['student_non_finite']} |")
+    return lines
+
+
 def write_report(out: Path, records: dict, settings: dict) -> Path:
     rows = summary_rows(records)
     width = max((len(k) for k, _ in rows), default=10)
@@ -88,10 +125,16 @@ def write_report(out: Path, records: dict, settings: dict) -> Path:
         teacher_ops, student_ops = export["audit_teacher"]["op_counts"], export["audit_student"]["op_counts"]
         for op in sorted(set(teacher_ops) | set(student_ops)):
             lines.append(f"| {op} | {teacher_ops.get(op, '')} | {student_ops.get(op, '')} |")
-    if "convert" in records:
-        errors = records["convert"]["approximator_mse_per_layer"]
+    fitted = next((r for r in (records.get("general"), records.get("convert")) if r and "approximator_mse_per_layer" in r),
+                  None)
+    if fitted:
+        errors = fitted["approximator_mse_per_layer"]
         lines += ["", "## Approximator fit (MSE to softmax on teacher score rows)", "",
                   " ".join(f"layer {i + 1}: {e:.2e}" for i, e in enumerate(errors))]
+    if records.get("general"):
+        lines += general_section(records["general"])
+    if records.get("robustness"):
+        lines += robustness_section(records["robustness"])
     if curves:
         lines += ["", "## Training", "", f"![training curves]({curves})"]
     if (out / "bench" / "bench.png").exists():

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 from transformers import DataCollatorWithPadding, get_linear_schedule_with_warmup
 
-from .distill import KDWeights, kd_loss
+from .distill import IGNORE_LABEL, KDWeights, kd_loss
 from .errors import MABertError
 from .handover import HandOver
 from .io import atomic_dir, atomic_file
@@ -192,16 +192,26 @@ def finetune(model, tokenizer, train_set, out_dir, settings: TrainSettings, max_
     return summary
 
 
-def distill(teacher, student, tokenizer, train_set, out_dir, settings: TrainSettings) -> dict:
-    """KD fine-tuning of an MA student on a labelled task."""
+def distill(teacher, student, tokenizer, train_set, out_dir, settings: TrainSettings, extra_inputs=None) -> dict:
+    """KD fine-tuning of an MA student on a labelled task. `extra_inputs` (a dataset with text_a[/text_b] and no
+    labels) are teacher-labelled augmentation: the student learns the teacher's logits, hidden states and
+    attention maps on them, without the task term."""
+    from datasets import concatenate_datasets
+
     from .data import tokenize
 
     out_dir = Path(out_dir)
     _eager_attention(teacher)
     teacher.eval()
     max_length = student.config.softmax_input_size
-    loader = make_loader(tokenize(train_set, tokenizer, max_length), tokenizer, settings.batch_size, settings.seed,
-                         pads_to_full_length(student))
+    encoded = tokenize(train_set, tokenizer, max_length)
+    if extra_inputs is not None and len(extra_inputs):
+        unlabelled = float("nan") if student.config.num_labels == 1 else IGNORE_LABEL
+        extra = tokenize(extra_inputs.remove_columns([c for c in extra_inputs.column_names if c == "label"]),
+                         tokenizer, max_length)
+        extra = extra.add_column("label", [unlabelled] * len(extra)).cast(encoded.features)
+        encoded = concatenate_datasets([encoded, extra])
+    loader = make_loader(encoded, tokenizer, settings.batch_size, settings.seed, pads_to_full_length(student))
     num_labels = student.config.num_labels
 
     def step_loss(model, batch):

@@ -1,0 +1,109 @@
+"""What users meet: task metrics per input length, and agreement with the teacher on text the student was not
+trained on (with both models' logit ranges)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .errors import MABertError
+from .metrics import compute_metrics
+
+LENGTH_EDGES = (32, 64, 128)  # token-length buckets: ≤32, 33–64, 65–128
+
+
+def _inputs(model, batch) -> dict:
+    names = ["input_ids", "attention_mask"]
+    if "token_type_ids" in batch and "distilbert" not in getattr(model.config, "model_type", ""):
+        names.append("token_type_ids")
+    return {k: batch[k] for k in names}
+
+
+@torch.no_grad()
+def predict_logits(model, tokenizer, dataset, batch_size: int = 64, max_length: int = 128):
+    """(logits (N, C), labels (N,) or None, token lengths (N,)) in dataset order."""
+    from .data import tokenize
+    from .train import make_loader, pads_to_full_length
+
+    model.eval()
+    max_length = min(max_length, getattr(model.config, "softmax_input_size", max_length))
+    encoded = tokenize(dataset, tokenizer, max_length)
+    loader = make_loader(encoded, tokenizer, batch_size, pad_to=pads_to_full_length(model))
+    logits, labels, lengths = [], [], []
+    for batch in loader:
+        logits.append(model(**_inputs(model, batch)).logits.float())
+        lengths.append(batch["attention_mask"].sum(-1))
+        if "labels" in batch:
+            labels.append(batch["labels"])
+    logits = torch.cat(logits).numpy()
+    return logits, (torch.cat(labels).numpy() if labels else None), torch.cat(lengths).numpy()
+
+
+def predictions_of(logits: np.ndarray) -> np.ndarray:
+    return logits[:, 0] if logits.shape[1] == 1 else logits.argmax(-1)
+
+
+def metrics_by_length(logits, labels, lengths, metric: str, edges=LENGTH_EDGES) -> dict:
+    """Task metrics per token-length bucket (empty buckets left out), each with its example count."""
+    out, low = {}, 0
+    for high in edges:
+        picked = (lengths > low) & (lengths <= high)
+        if picked.sum() >= 2:
+            out[f"{low + 1}-{high}"] = {"examples": int(picked.sum()),
+                                        **compute_metrics(metric, predictions_of(logits[picked]), labels[picked])}
+        low = high
+    return out
+
+
+def compare_with_teacher(student, teacher, tokenizer, dataset, batch_size: int = 64) -> dict:
+    """On (unlabelled) text: how often the student's prediction is the teacher's, and both models' logit ranges.
+    Regression tasks report the mean absolute difference of the predictions instead of agreement."""
+    s_logits, _, lengths = predict_logits(student, tokenizer, dataset, batch_size)
+    t_logits, _, _ = predict_logits(teacher, tokenizer, dataset, batch_size)
+    finite = np.isfinite(s_logits).all(-1)
+    result = {"examples": len(s_logits), "median_tokens": float(np.median(lengths)),
+              "student_non_finite": int((~finite).sum()),
+              "student_max_abs_logit": float(np.abs(s_logits[finite]).max()) if finite.any() else float("inf"),
+              "teacher_max_abs_logit": float(np.abs(t_logits).max())}
+    if s_logits.shape[1] == 1:
+        result["mean_abs_difference"] = float(np.abs(s_logits[:, 0] - t_logits[:, 0]).mean())
+    else:
+        result["agreement"] = float((predictions_of(s_logits) == predictions_of(t_logits)).mean())
+    return result
+
+
+def evaluate_with_lengths(model, tokenizer, dataset, task, batch_size: int = 64) -> dict:
+    """Task metrics overall and per length bucket; refuses non-finite logits (they would score as a class)."""
+    logits, labels, lengths = predict_logits(model, tokenizer, dataset, batch_size)
+    bad = int((~np.isfinite(logits).all(-1)).sum())
+    if bad:
+        raise MABertError(f"the model produced non-finite logits on {bad} of {len(logits)} examples; its weights or "
+                          "activations overflow (calibrate its activation bounds, or retrain with a lower --lr)")
+    return {**compute_metrics(task.metric, predictions_of(logits), labels),
+            "by_length": metrics_by_length(logits, labels, lengths, task.metric)}
+
+
+@torch.no_grad()
+def layer_errors(student, teacher, tokenizer, dataset, batch_size: int = 32) -> dict:
+    """Per mapped layer: hidden-state MSE (embeddings first) and attention-map MSE of the student against the
+    teacher on `dataset` (real tokens only), averaged over batches."""
+    from .data import tokenize
+    from .distill import attention_mse, layer_map, masked_mse
+    from .train import _eager_attention, make_loader
+
+    student.eval()
+    teacher.eval()
+    _eager_attention(teacher)
+    loader = make_loader(tokenize(dataset, tokenizer, student.config.softmax_input_size), tokenizer, batch_size)
+    hidden, attention, batches = None, None, 0
+    for batch in loader:
+        mask = batch["attention_mask"]
+        s_out = student(**_inputs(student, batch), output_hidden_states=True, output_attentions=True)
+        t_out = teacher(**_inputs(teacher, batch), output_hidden_states=True, output_attentions=True)
+        mapping = [0] + layer_map(len(s_out.hidden_states) - 1, len(t_out.hidden_states) - 1)
+        h = [masked_mse(s_out.hidden_states[s], t_out.hidden_states[t], mask).item() for s, t in enumerate(mapping)]
+        a = [attention_mse(s_out.attentions[s - 1], t_out.attentions[t - 1], mask).item()
+             for s, t in enumerate(mapping) if s]
+        hidden = h if hidden is None else [x + y for x, y in zip(hidden, h)]
+        attention = a if attention is None else [x + y for x, y in zip(attention, a)]
+        batches += 1
+    return {"hidden_mse": [x / batches for x in hidden], "attention_mse": [x / batches for x in attention]}

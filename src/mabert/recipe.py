@@ -1,0 +1,100 @@
+"""The recipe that turns a pretrained BERT and a task into an MA student, shared by the demo and the benchmarks:
+defaults in one dataclass, and the chain convert → fit → general KD → task student → task KD as functions.
+
+1. `general_model`: the pretrained BERT converted (bounded, masked mode), its approximators fitted to the BERT's
+   score rows, then KD pre-training (hidden states + attention maps, LayerNorm/GELU hand-over) on unlabelled
+   passages of every length up to L — the paper's general distillation.
+2. `task_student`: the general encoder with the task teacher's head; or, without a general model, the task teacher
+   converted and fitted (the old single-stage path, kept for ablations).
+3. `distill_task`: task KD with teacher-labelled augmentation (4-joined training examples for longer inputs,
+   unlabelled passages learnt from the teacher's outputs), then φ and the activation bounds calibrated.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .train import TrainSettings
+
+
+@dataclass
+class Recipe:
+    mask_mode: str = "masked"          # any length ≤ L, padding-independent
+    pooler_act: str = "identity"       # no tanh; unlike ReLU initialised from tanh weights it cannot go dead
+    activation_bounds: bool = True     # clamps calibrated after training: finite on any input (mabert.bounds)
+    handover: float = 0.4              # share of the first KD run moving from LayerNorm/GELU to PowerNorm/ReLU
+    batch_size: int = 32
+    teacher_lr: float = 5e-5
+    student_lr: float = 1e-4
+    fit_steps: int = 400               # approximator fitting on the teacher's score rows
+    general_steps: int = 300           # general KD steps (0: no general model; convert the task teacher)
+    general_lr: float = 2e-4
+    joined_fraction: float = 0.25      # labelled augmentation: this share of the training set joined 4 by 4
+    unlabelled_passages: int = 1600    # teacher-labelled augmentation: passages of every length
+    seed: int = 0
+
+    def settings(self, lr: float, epochs: float = 1.0, max_steps: int | None = None) -> TrainSettings:
+        return TrainSettings(epochs=epochs, max_steps=max_steps, batch_size=self.batch_size, lr=lr, seed=self.seed,
+                             handover=self.handover)
+
+
+def finetune_teacher(teacher_source, tokenizer, train, num_labels: int, out_dir, recipe: Recipe, epochs: float):
+    """The baseline teacher: the pretrained BERT fine-tuned on the task. Returns the training summary."""
+    from transformers import AutoModelForSequenceClassification
+
+    from .train import finetune
+
+    torch.manual_seed(recipe.seed)  # the new classifier head is drawn here, before training seeds
+    model = AutoModelForSequenceClassification.from_pretrained(teacher_source, num_labels=num_labels)
+    return finetune(model, tokenizer, train, Path(out_dir), recipe.settings(recipe.teacher_lr, epochs))
+
+
+def general_model(teacher_source, tokenizer, passages, out_dir, recipe: Recipe, check_passages=None) -> dict:
+    """Step 1 (see the module docstring); the model is saved in out_dir/model. Returns a record with the fit
+    errors and, given `check_passages`, the per-layer hidden/attention error to the BERT on them."""
+    from transformers import AutoModel
+
+    from .conversion import convert
+    from .evaluation import layer_errors
+    from .fitting import fit_to_teacher
+    from .train import kd_pretrain
+
+    teacher = AutoModel.from_pretrained(teacher_source).eval()
+    student = convert(teacher, head="base", softmax_mask_mode=recipe.mask_mode, pooler_act=recipe.pooler_act,
+                      activation_bounds=recipe.activation_bounds, seed=recipe.seed)
+    fit = fit_to_teacher(student, teacher, tokenizer, passages, steps=recipe.fit_steps, seed=recipe.seed)
+    summary = kd_pretrain(teacher, student, tokenizer, passages, Path(out_dir),
+                          recipe.settings(recipe.general_lr, max_steps=recipe.general_steps))
+    record = {"steps": summary["steps"], "wall_time_s": summary["wall_time_s"], "passages": len(passages),
+              "handover_modules": summary["handover_modules"],
+              "approximator_mse_per_layer": fit["approximator_mse_per_layer"]}
+    if check_passages is not None:
+        record["held_out_layer_errors"] = layer_errors(summary["model"], teacher, tokenizer, check_passages)
+    return record
+
+
+def task_student(teacher, tokenizer, train, recipe: Recipe, general_dir=None):
+    """Step 2: (student, record)."""
+    from .conversion import convert, student_from_general
+    from .fitting import fit_to_teacher
+
+    if general_dir is not None:
+        return student_from_general(general_dir, teacher, seed=recipe.seed), {"from": "general"}
+    student = convert(teacher, softmax_mask_mode=recipe.mask_mode, pooler_act=recipe.pooler_act,
+                      activation_bounds=recipe.activation_bounds, seed=recipe.seed)
+    record = fit_to_teacher(student, teacher, tokenizer, train, steps=recipe.fit_steps, seed=recipe.seed)
+    return student, {"from": "teacher", **record}
+
+
+def distill_task(teacher, student, tokenizer, train, out_dir, recipe: Recipe, epochs: float) -> dict:
+    """Step 3: the KD summary (the student saved in out_dir/model), with the augmentation sizes."""
+    from .corpora import task_augmentation
+    from .train import distill
+
+    train, extra = task_augmentation(train, recipe.joined_fraction, recipe.unlabelled_passages, recipe.seed)
+    summary = distill(teacher, student, tokenizer, train, Path(out_dir), recipe.settings(recipe.student_lr, epochs),
+                      extra_inputs=extra)
+    summary["labelled_examples"], summary["unlabelled_passages"] = len(train), len(extra or [])
+    return summary

