@@ -1,6 +1,9 @@
 """Verbs for the later stages (fuse/export/audit, bench, training, demo) registered onto the CLI."""
 from __future__ import annotations
 
+from .argtypes import above, at_least, between, int_list
+from .errors import MABertError
+
 
 def _export(args):
     from .export import audit, export_onnx, format_audit
@@ -13,7 +16,9 @@ def _export(args):
     path = export_onnx(target, args.out, opset=args.opset)
     print(f"wrote {path} ({'fused MA' if target is not model else type(model).__name__})")
     if args.audit:
-        print(format_audit(audit(path)))
+        report = audit(path)
+        print(format_audit(report))
+        return 0 if report["passed"] else 1
 
 
 def _audit(args):
@@ -28,7 +33,11 @@ def _audit(args):
 
 def _demo(args):
     from .demo import DemoSettings, Pipeline
+    from .io import load_tokenizer, model_source
 
+    if args.teacher:  # checked before the demo starts its stages
+        model_source(args.teacher)
+        load_tokenizer(args.teacher)
     preset = DemoSettings.full if args.full else (DemoSettings.toy if args.toy else DemoSettings)
     settings = preset(teacher=args.teacher, task=args.task, data_dir=args.data, seed=args.seed, threads=args.threads)
     Pipeline(args.out, settings, force=args.force).run()
@@ -56,31 +65,41 @@ def _load_split(args, split):
 
 
 def _finetune(args):
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
+    from .io import load_classifier, load_tokenizer
     from .train import finetune
 
     task, train = _load_split(args, "train")
-    model = AutoModelForSequenceClassification.from_pretrained(args.model, num_labels=task.num_labels)
-    summary = finetune(model, AutoTokenizer.from_pretrained(args.model), train, args.out, _train_settings(args))
+    model = load_classifier(args.model, num_labels=task.num_labels)
+    summary = finetune(model, load_tokenizer(args.model), train, args.out, _train_settings(args))
     print(f"fine-tuned {summary['steps']} steps in {summary['wall_time_s']} s → {args.out}/model")
 
 
-def _distill(args):
-    from transformers import AutoTokenizer
+def _load_pair(args, load, task=None, data=None):
+    """(teacher, MA student, the student's tokenizer), checked to fit each other (and the task's labels)."""
+    from .data import check_labels_fit
+    from .io import load_tokenizer, require_ma
 
+    teacher, student = load(args.teacher), require_ma(load(args.student), args.student)
+    if teacher.config.hidden_size != student.config.hidden_size:
+        raise MABertError(f"teacher {args.teacher} has width {teacher.config.hidden_size} but student {args.student} "
+                          f"{student.config.hidden_size}; distil a student converted from this teacher")
+    if task is not None:
+        for model, path in ((teacher, args.teacher), (student, args.student)):
+            check_labels_fit(data, task, model.config.num_labels, path)
+    return teacher, student, load_tokenizer(args.student)
+
+
+def _distill(args):
     from .io import load_classifier
     from .train import distill
 
-    _, train = _load_split(args, "train")
-    summary = distill(load_classifier(args.teacher), load_classifier(args.student),
-                      AutoTokenizer.from_pretrained(args.student), train, args.out, _train_settings(args))
+    task, train = _load_split(args, "train")
+    teacher, student, tokenizer = _load_pair(args, load_classifier, task, train)
+    summary = distill(teacher, student, tokenizer, train, args.out, _train_settings(args))
     print(f"distilled {summary['steps']} steps in {summary['wall_time_s']} s → {args.out}/model")
 
 
 def _kd_pretrain(args):
-    from transformers import AutoTokenizer
-
     from .data import load_texts
     from .io import load_model
     from .train import kd_pretrain
@@ -88,21 +107,18 @@ def _kd_pretrain(args):
     texts = load_texts(args.texts, args.max_words)
     if args.limit and len(texts) > args.limit:
         texts = texts.shuffle(seed=args.seed).select(range(args.limit))
-    summary = kd_pretrain(load_model(args.teacher), load_model(args.student), AutoTokenizer.from_pretrained(args.student),
-                          texts, args.out, _train_settings(args))
+    teacher, student, tokenizer = _load_pair(args, load_model)
+    summary = kd_pretrain(teacher, student, tokenizer, texts, args.out, _train_settings(args))
     print(f"KD pre-trained on {len(texts)} passages, {summary['steps']} steps in {summary['wall_time_s']} s "
           f"→ {args.out}/model")
 
 
 def _fit_softmax(args):
-    from transformers import AutoTokenizer
-
     from .fitting import fit_to_teacher
     from .io import load_classifier, save_model_dir
 
     _, train = _load_split(args, "train")
-    student, teacher = load_classifier(args.student), load_classifier(args.teacher)
-    tokenizer = AutoTokenizer.from_pretrained(args.student)
+    teacher, student, tokenizer = _load_pair(args, load_classifier)
     record = fit_to_teacher(student, teacher, tokenizer, train, count=args.texts, steps=args.steps, seed=args.seed)
     save_model_dir(student, args.out, tokenizer)
     for layer, error in enumerate(record["approximator_mse_per_layer"], start=1):
@@ -114,14 +130,18 @@ def _fit_softmax(args):
 def _evaluate(args):
     import json
 
-    from transformers import AutoTokenizer
-
-    from .io import atomic_file, load_classifier
+    from .data import check_labels_fit, is_table_task
+    from .io import atomic_file, load_classifier, load_tokenizer
     from .train import evaluate
 
-    task, data = _load_split(args, args.split)
-    metrics = evaluate(load_classifier(args.model), AutoTokenizer.from_pretrained(args.model), data, task)
-    result = {"model": str(args.model), "task": args.task, "split": args.split, "examples": len(data), **metrics}
+    if is_table_task(args.task) and args.split:
+        raise MABertError(f"--split does not apply to {args.task}: a CSV/TSV task is one file, scored whole")
+    split = None if is_table_task(args.task) else args.split or "dev"
+    task, data = _load_split(args, split or "dev")
+    model = load_classifier(args.model)
+    check_labels_fit(data, task, model.config.num_labels, args.model)
+    metrics = evaluate(model, load_tokenizer(args.model), data, task)
+    result = {"model": str(args.model), "task": args.task, "split": split, "examples": len(data), **metrics}
     if args.out:
         with atomic_file(args.out) as tmp:
             tmp.write_text(json.dumps(result, indent=2))
@@ -130,15 +150,20 @@ def _evaluate(args):
 
 def _bench(args):
     from .bench import format_benchmark, random_pair, run_benchmark
-    from .io import load_classifier
+    from .io import atomic_dir, load_classifier, require_ma
 
-    if args.teacher and args.student:
-        teacher, student = load_classifier(args.teacher), load_classifier(args.student)
+    if bool(args.teacher) != bool(args.student):
+        raise MABertError("give both --teacher and --student, or neither (random models of --shape)")
+    if args.teacher:
+        teacher, student = load_classifier(args.teacher), require_ma(load_classifier(args.student), args.student)
     else:
         teacher, student = random_pair(args.shape)
-    report = run_benchmark(teacher, student, args.out, threads=args.threads, repeats=args.repeats,
-                           real_lengths=[int(x) for x in args.real_lengths.split(",")] if args.real_lengths else None,
-                           include_int8=not args.no_int8)
+    limit = student.config.softmax_input_size
+    if args.real_lengths and max(args.real_lengths) > limit:
+        raise MABertError(f"--real-lengths up to {max(args.real_lengths)}, but the student takes at most {limit} tokens")
+    with atomic_dir(args.out) as tmp:  # all of bench.json and bench.png, or nothing
+        report = run_benchmark(teacher, student, tmp, threads=args.threads, repeats=args.repeats,
+                               real_lengths=args.real_lengths, include_int8=not args.no_int8)
     print(format_benchmark(report))
     print(f"wrote {args.out}/bench.json and bench.png")
 
@@ -148,9 +173,10 @@ def _data_args(p, split=False):
     p.add_argument("--data-dir", help="GLUE folder (default: the hub, online only)")
     p.add_argument("--text-columns", nargs="+", help="for CSV/TSV tasks (default: text)")
     p.add_argument("--label-column", default="label")
-    p.add_argument("--train-limit", type=int, help="use a seeded subset of this many training examples")
+    p.add_argument("--train-limit", type=at_least(1), help="use a seeded subset of this many training examples")
     if split:
-        p.add_argument("--split", default="dev", choices=["train", "dev", "test"])
+        p.add_argument("--split", choices=["train", "dev", "test"],
+                       help="default dev (GLUE tasks have no public test labels; a CSV/TSV file is scored whole)")
 
 
 def _teacher_student_args(p):
@@ -160,20 +186,20 @@ def _teacher_student_args(p):
 
 
 def _handover_arg(p):
-    p.add_argument("--handover", type=float, default=0.5,
+    p.add_argument("--handover", type=between(0, 1), default=0.5,
                    help="fraction of the run over which a freshly converted student moves from LayerNorm/GELU to "
                         "PowerNorm/ReLU (0: at once; skipped for students whose PowerNorms are already trained)")
 
 
 def _train_args(p, lr):
-    p.add_argument("--epochs", type=float, default=3.0)
-    p.add_argument("--max-steps", type=int)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=lr)
-    p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument("--warmup-ratio", type=float, default=0.1)
+    p.add_argument("--epochs", type=above(0), default=3.0)
+    p.add_argument("--max-steps", type=at_least(1))
+    p.add_argument("--batch-size", type=at_least(1), default=32)
+    p.add_argument("--lr", type=above(0), default=lr)
+    p.add_argument("--weight-decay", type=at_least(0.0, float), default=0.01)
+    p.add_argument("--warmup-ratio", type=between(0, 1), default=0.1)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (atomic)")
+    p.add_argument("--save-every", type=at_least(0), default=0, help="checkpoint every N steps (atomic)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
 
 
@@ -186,7 +212,7 @@ def add_verbs(verbs) -> None:
     p.add_argument("--full", action="store_true", help="all training data, more epochs")
     p.add_argument("--toy", action="store_true", help="a minute-long smoke run")
     p.add_argument("--force", action="store_true", help="redo finished stages")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=at_least(1), default=2)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_demo)
 
@@ -199,8 +225,8 @@ def add_verbs(verbs) -> None:
 
     p = verbs.add_parser("fit-softmax", help="fit the student's approximators to the teacher's real score rows")
     _teacher_student_args(p)
-    p.add_argument("--texts", type=int, default=512)
-    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--texts", type=at_least(1), default=512)
+    p.add_argument("--steps", type=at_least(1), default=400)
     p.add_argument("--seed", type=int, default=0)
     _data_args(p)
     p.set_defaults(func=_fit_softmax)
@@ -209,18 +235,18 @@ def add_verbs(verbs) -> None:
                                              "attention maps, and MLM when both models have a head)")
     _teacher_student_args(p)
     p.add_argument("--texts", nargs="+", required=True, help=".txt files or folders of them")
-    p.add_argument("--max-words", type=int, default=80, help="passage length in words")
-    p.add_argument("--limit", type=int, help="use at most this many passages")
-    p.add_argument("--beta", type=float, default=1.0)
+    p.add_argument("--max-words", type=at_least(1), default=80, help="passage length in words")
+    p.add_argument("--limit", type=at_least(1), help="use at most this many passages")
+    p.add_argument("--beta", type=at_least(0.0, float), default=1.0)
     _handover_arg(p)
     _train_args(p, 1e-4)
     p.set_defaults(func=_kd_pretrain)
 
     p = verbs.add_parser("distill", help="KD fine-tuning of an MA student from its teacher")
     _teacher_student_args(p)
-    p.add_argument("--alpha", type=float, default=0.9)
-    p.add_argument("--temperature", type=float, default=15.0)
-    p.add_argument("--beta", type=float, default=1.0)
+    p.add_argument("--alpha", type=between(0, 1), default=0.9)
+    p.add_argument("--temperature", type=above(0), default=15.0)
+    p.add_argument("--beta", type=at_least(0.0, float), default=1.0)
     _handover_arg(p)
     _data_args(p)
     _train_args(p, 2e-5)
@@ -239,21 +265,22 @@ def add_verbs(verbs) -> None:
     p.add_argument("--shape", choices=["bert-base", "minilm", "tiny"], default="bert-base",
                    help="random-weight models of this shape when no models are given")
     p.add_argument("--out", default="mabert-bench")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=20)
-    p.add_argument("--real-lengths", help="comma-separated token lengths for the real-length batch")
+    p.add_argument("--threads", type=at_least(1), default=2)
+    p.add_argument("--repeats", type=at_least(1), default=20)
+    p.add_argument("--real-lengths", type=int_list(1), help="comma-separated token lengths for the real-length batch")
     p.add_argument("--no-int8", action="store_true")
     p.set_defaults(func=_bench)
 
     p = verbs.add_parser("export", help="fuse an MA model (exactly) and export it to ONNX with dynamic axes")
     p.add_argument("model", help="model directory (MA or plain BERT)")
     p.add_argument("out", help="output .onnx file")
-    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--opset", type=between(14, 20, int), default=17)
     p.add_argument("--no-fuse", action="store_true", help="export the unfused module graph")
     p.add_argument("--audit", action="store_true", help="print the operator audit afterwards")
     p.set_defaults(func=_export)
 
-    p = verbs.add_parser("audit", help="list ONNX op types; exit 1 if any non-matrix-arithmetic op is present")
+    p = verbs.add_parser("audit", help="list ONNX op types; exit 1 if any op outside matrix arithmetic is present, "
+                                       "or the graph is empty or unreadable")
     p.add_argument("onnx")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_audit)
