@@ -5,6 +5,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import signal
 import sys
 import traceback
@@ -125,28 +126,35 @@ def _inputs(args, names) -> list[str]:
     return found
 
 
+def _claim_output(args) -> tuple[Path | None, str | None]:
+    """(checked output path, its kind) of this verb; (None, None) when it writes nothing, and on the other
+    processes of a distributed run, which leave the checks to the main one."""
+    from .io import claim_output
+
+    if args.verb not in OUTPUTS or getattr(args, OUTPUTS[args.verb][0]) is None or os.environ.get("RANK", "0") != "0":
+        return None, None
+    attribute, kind, inputs = OUTPUTS[args.verb]
+    target = claim_output(getattr(args, attribute), inputs=_inputs(args, inputs), directory=kind != "file",
+                          overwrite=getattr(args, "overwrite", False),
+                          reuse=getattr(args, "resume", False) or args.verb == "demo",
+                          alternatives=", or --resume to continue it" if hasattr(args, "resume") else "")
+    return target, kind
+
+
 @contextlib.contextmanager
 def _guarded_output(args):
-    """Refuse outputs that would destroy what was not asked for; a run folder this call created and left
-    empty (a run that failed at once) is removed again. Only the main process of a distributed run checks."""
-    if args.verb not in OUTPUTS or getattr(args, OUTPUTS[args.verb][0]) is None or os.environ.get("RANK", "0") != "0":
-        yield
-        return
-    from .io import claim_output, mark_run_dir, remove_if_unused
+    """Refuse outputs that would destroy what was not asked for. A run folder is marked as mabert's; one this
+    call created and left empty (a run that failed at once) is removed again."""
+    from .io import mark_run_dir, remove_if_unused
 
-    attribute, kind, inputs = OUTPUTS[args.verb]
-    resume = getattr(args, "resume", False)
-    target = claim_output(getattr(args, attribute), inputs=_inputs(args, inputs), directory=kind != "file",
-                          overwrite=getattr(args, "overwrite", False), reuse=resume or args.verb == "demo",
-                          alternatives=", or --resume to continue it" if hasattr(args, "resume") else "")
+    target, kind = _claim_output(args)
     if kind != "run":
         yield
         return
+    resume = getattr(args, "resume", False)
     if resume and not (target / "checkpoint" / "state.json").exists():
         raise MABertError(f"nothing to resume: {target / 'checkpoint'} does not exist; run without --resume")
     if getattr(args, "overwrite", False) and not resume:
-        import shutil
-
         shutil.rmtree(target / "checkpoint", ignore_errors=True)  # the replaced run must not be resumed later
     created = not target.exists()
     mark_run_dir(target)
