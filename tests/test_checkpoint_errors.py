@@ -68,11 +68,18 @@ def test_bad_head_count(tmp_path, capsys):
 
 
 def test_cli_import_writes_loadable_dir(tmp_path, capsys):
-    folder = require_shared(VECTORS / "A-ma-bert-mlm")
-    assert main(["import-original", str(folder / "state_dict.pt"), str(tmp_path / "o"), "--config",
-                 str(folder / "config.json")]) == 0
-    from transformers import AutoModelForMaskedLM
+    from transformers import AutoModelForMaskedLM, AutoTokenizer, BertTokenizerFast
 
+    folder = require_shared(VECTORS / "A-ma-bert-mlm")
+    args = ["import-original", str(folder / "state_dict.pt"), str(tmp_path / "o"), "--config", str(folder / "config.json")]
+    assert "give --tokenizer" in _one_line(capsys, args)
+    assert not (tmp_path / "o").exists()
+    (tmp_path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+                                                  + [f"w{i}" for i in range(995)]) + "\n")
+    BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt")).save_pretrained(tmp_path / "tok")
+    assert main([*args, "--tokenizer", str(tmp_path / "tok")]) == 0
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "o")  # the directory is complete
+    assert len(tokenizer) == 1000 and tokenizer.model_max_length == 128  # at most L tokens
     model = AutoModelForMaskedLM.from_pretrained(tmp_path / "o").eval()
     io = torch.load(folder / "io.pt", weights_only=True)
     with torch.no_grad():

@@ -71,5 +71,5 @@ def test_cli_convert_bad_teacher_is_one_line(tmp_path, capsys):
 
     code = main(["convert", str(tmp_path / "nowhere"), str(tmp_path / "out")])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and "cannot load teacher" in err and "\n" not in err
+    assert code == 2 and "nowhere does not exist" in err and "\n" not in err
     assert not (tmp_path / "out").exists()

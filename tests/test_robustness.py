@@ -141,7 +141,7 @@ def test_cli_distill_from_general_with_augmentation_then_evaluate(tmp_path, tiny
     summary = json.loads((tmp_path / "s" / "summary.json").read_text())
     assert summary["steps"] == 3
     out = tmp_path / "metrics.json"
-    assert main(["evaluate", str(tmp_path / "s" / "model"), "--task", str(table), "--split", "train", "--joined", "2",
+    assert main(["evaluate", str(tmp_path / "s" / "model"), "--task", str(table), "--joined", "2",
                  "--ood-texts", str(tmp_path / "other.txt"), "--teacher", str(tmp_path / "teacher"),
                  "--out", str(out)]) == 0
     metrics = json.loads(out.read_text())

@@ -4,6 +4,11 @@ from transformers import (
     AutoModel,
     AutoModelForMaskedLM,
     AutoModelForSequenceClassification,
+    AutoTokenizer,
+    BertTokenizer,
+    BertTokenizerFast,
+    DistilBertTokenizer,
+    DistilBertTokenizerFast,
 )
 
 from .configuration import MABertConfig, MADistilBertConfig
@@ -18,14 +23,17 @@ from .softmax_approx import SoftmaxApproximator
 
 __version__ = "0.1.0"
 
-for _config, _base, _mlm, _seqcls in (
-    (MABertConfig, MABertModel, MABertForMaskedLM, MABertForSequenceClassification),
-    (MADistilBertConfig, MADistilBertModel, MADistilBertForMaskedLM, MADistilBertForSequenceClassification),
+for _config, _base, _mlm, _seqcls, _slow, _fast in (
+    (MABertConfig, MABertModel, MABertForMaskedLM, MABertForSequenceClassification, BertTokenizer, BertTokenizerFast),
+    (MADistilBertConfig, MADistilBertModel, MADistilBertForMaskedLM, MADistilBertForSequenceClassification,
+     DistilBertTokenizer, DistilBertTokenizerFast),
 ):
     AutoConfig.register(_config.model_type, _config, exist_ok=True)
     AutoModel.register(_config, _base, exist_ok=True)
     AutoModelForMaskedLM.register(_config, _mlm, exist_ok=True)
     AutoModelForSequenceClassification.register(_config, _seqcls, exist_ok=True)
+    # the base family's tokenizers, for folders whose tokenizer_config.json names no class
+    AutoTokenizer.register(_config, slow_tokenizer_class=_slow, fast_tokenizer_class=_fast, exist_ok=True)
 
 
 def convert(*args, **kwargs):

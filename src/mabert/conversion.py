@@ -28,10 +28,13 @@ def _infer_head(config) -> str:
 
 def load_teacher(model_or_path, head: str | None = None, **load_kwargs):
     """A teacher nn.Module from a model object, a local directory or a hub id."""
+    from .io import from_pretrained, model_source
+
     if isinstance(model_or_path, nn.Module):
         return model_or_path
+    source = model_source(model_or_path)
     try:
-        config = AutoConfig.from_pretrained(model_or_path, **load_kwargs)
+        config = AutoConfig.from_pretrained(source, **load_kwargs)
     except (OSError, ValueError) as exc:
         raise MABertError(
             f"cannot load teacher {str(model_or_path)!r}: {str(exc).splitlines()[0]} "
@@ -40,7 +43,7 @@ def load_teacher(model_or_path, head: str | None = None, **load_kwargs):
     if config.model_type not in ("bert", "distilbert"):
         raise MABertError(f"teacher is a {config.model_type!r} model; mabert converts BERT and DistilBERT only")
     head = head or _infer_head(config)
-    return _AUTO[head].from_pretrained(model_or_path, **load_kwargs)
+    return from_pretrained(_AUTO[head], source, **load_kwargs)
 
 
 def _student_config(teacher_config, overrides: dict):
@@ -160,19 +163,15 @@ def load_task_student(path, teacher: nn.Module, seed: int = 0):
 
 
 def convert_to_dir(teacher, out_dir: str | Path, **kwargs) -> Path:
-    """`mabert convert`: convert and write a model directory (safetensors + tokenizer when available)."""
-    from transformers import AutoTokenizer
+    """`mabert convert`: convert and write a model directory (safetensors, and the teacher's tokenizer when the
+    teacher is a path or hub id: one without a tokenizer is refused, as the student could not be used)."""
+    from .io import load_tokenizer, model_source, save_model_dir
 
-    from .io import save_model_dir
-
-    student = convert(teacher, **kwargs)
     tokenizer = None
     if isinstance(teacher, (str, Path)):
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(teacher)
-        except (OSError, ValueError):
-            tokenizer = None
-    return save_model_dir(student, out_dir, tokenizer)
+        model_source(teacher)  # a wrong path is reported as such before its missing tokenizer
+        tokenizer = load_tokenizer(teacher)
+    return save_model_dir(convert(teacher, **kwargs), out_dir, tokenizer)
 
 
 def powernorms(model: nn.Module) -> list[PowerNorm]:

@@ -6,6 +6,8 @@ import csv
 import hashlib
 import importlib.util
 import io
+import math
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,12 +64,27 @@ def _read_tsv(path: Path) -> list[list[str]]:
         return list(csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
 
 
-def _label(value: str, task: Task):
+_INTEGER = re.compile(r"[+-]?\d+")
+
+
+def _label(value: str, task: Task, where: str):
+    """A finite number for regression, else a class id in range or a class name; anything else is an error."""
+    text = value.strip()
     if task.num_labels == 1:
-        return float(value)
-    if task.label_names and value in task.label_names:
-        return task.label_names.index(value)
-    return int(value)
+        try:
+            number = float(text)
+        except ValueError:
+            number = math.nan
+        if not math.isfinite(number):
+            raise MABertError(f"{where}: label {value!r} is not a finite number ({task.name} is a regression task)")
+        return number
+    if text in task.label_names:
+        return task.label_names.index(text)
+    if _INTEGER.fullmatch(text) and 0 <= int(text) < task.num_labels:
+        return int(text)
+    names = f" or {', '.join(task.label_names)}" if task.label_names else ""
+    raise MABertError(f"{where}: label {value!r} is not a class of {task.name} (0…{task.num_labels - 1}{names}); "
+                      "fix or drop that row")
 
 
 def _pick(header: list[str], names: list[str], path: Path) -> int | None:
@@ -83,6 +100,9 @@ def load_glue(task_name: str, split: str, data_dir: str | Path | None) -> Datase
     """A GLUE split as a Dataset with text_a, text_b, label. `split` is "train" or "dev"."""
     if task_name not in GLUE_TASKS:
         raise MABertError(f"unknown GLUE task {task_name!r}; choose from {', '.join(GLUE_TASKS)}")
+    if split not in ("train", "dev"):
+        raise MABertError(f"GLUE has labels for train and dev only (the {split} labels are not public); "
+                          "use --split dev")
     task = GLUE_TASKS[task_name]
     if data_dir is None:
         return _load_glue_from_hub(task, split)
@@ -98,15 +118,16 @@ def load_glue(task_name: str, split: str, data_dir: str | Path | None) -> Datase
     rows = _read_tsv(path)
     base = task_name.split("-")[0]
     if base == "cola" and rows and rows[0][0] != "sentence" and len(rows[0]) == 4:  # official headerless layout
-        records = [(r[3], None, _label(r[1], task)) for r in rows]
+        records = [(r[3], None, _label(r[1], task, f"{path}:{i}")) for i, r in enumerate(rows, start=1)]
     else:
         header, body = rows[0], rows[1:]
         a_names, b_names, label_names = _COLUMNS[base]
         ia, ib, il = _pick(header, a_names, path), _pick(header, b_names, path), _pick(header, label_names, path)
         if base == "stsb" and "score" not in header:
             il = len(header) - 1
-        records = [(r[ia], r[ib] if ib is not None else None, _label(r[il], task))
-                   for r in body if len(r) > max(i for i in (ia, ib, il) if i is not None)]
+        last = max(i for i in (ia, ib, il) if i is not None)
+        records = [(r[ia], r[ib] if ib is not None else None, _label(r[il], task, f"{path}:{line}"))
+                   for line, r in enumerate(body, start=2) if len(r) > last]
     return _as_dataset(records)
 
 
@@ -139,21 +160,76 @@ def _as_dataset(records) -> Dataset:
 
 
 def load_table(path: str | Path, text_columns: list[str], label_column: str) -> Dataset:
-    """Any CSV/TSV text-classification file (header row required; .tsv is tab-separated)."""
+    """Any CSV/TSV text-classification file (header row required; .tsv is tab-separated). Labels are class ids
+    (integers ≥ 0) or class names (numbered in sorted order), never both; every row has the header's fields."""
     path = Path(path)
     if not path.exists():
         raise MABertError(f"{path} not found")
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-    with open(path, encoding="utf-8-sig", newline="") as handle:
-        rows = list(csv.DictReader(handle, delimiter=delimiter))
-    missing = [c for c in [*text_columns, label_column] if rows and c not in rows[0]]
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as handle:
+            reader = csv.DictReader(handle, delimiter=delimiter)
+            rows = [(reader.line_num, row) for row in reader]
+    except UnicodeDecodeError as exc:
+        raise MABertError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from None
+    except csv.Error as exc:
+        raise MABertError(f"{path}: not a readable {'TSV' if delimiter == chr(9) else 'CSV'} file ({exc})") from None
+    if not rows:
+        raise MABertError(f"{path}: no rows under the header; check the file")
+    header = list(rows[0][1])
+    missing = [c for c in [*text_columns, label_column] if c not in header]
     if missing:
-        raise MABertError(f"{path}: columns {missing} not in header {list(rows[0])[:8]}")
-    names = sorted({r[label_column] for r in rows})
-    numeric = all(n.lstrip("-").isdigit() for n in names)
-    label_of = (lambda v: int(v)) if numeric else (lambda v: names.index(v))
+        raise MABertError(f"{path}: columns {missing} not in header {header[:8]}")
+    for line, row in rows:
+        if None in row or None in row.values():
+            raise MABertError(f"{path}:{line}: the row's fields do not match the header's {len(header)} columns; "
+                              f"quote fields that contain {delimiter!r}")
+    labels = _table_labels([(line, row[label_column]) for line, row in rows], path)
     second = text_columns[1] if len(text_columns) > 1 else None
-    return _as_dataset([(r[text_columns[0]], r[second] if second else None, label_of(r[label_column])) for r in rows])
+    return _as_dataset([(row[text_columns[0]], row[second] if second else None, label)
+                        for (_, row), label in zip(rows, labels)])
+
+
+def _table_labels(values: list[tuple[int, str]], path: Path) -> list[int]:
+    """Class ids from a table's label column: all integers ≥ 0, or all names (ids in sorted order)."""
+    integer = [bool(_INTEGER.fullmatch(v.strip())) for _, v in values]
+    for (line, value), is_integer in zip(values, integer):
+        text = value.strip()
+        if not text:
+            raise MABertError(f"{path}:{line}: empty label; every row needs a class id or name")
+        if is_integer and int(text) < 0:
+            raise MABertError(f"{path}:{line}: label {value!r} is negative; class ids start at 0")
+        if not is_integer and _is_number(text):
+            raise MABertError(f"{path}:{line}: label {value!r} is not a class id (an integer ≥ 0) or a class name")
+        if is_integer != integer[0]:
+            raise MABertError(f"{path}:{line}: label {value!r} mixes class names and integer ids in one column")
+    if integer[0]:
+        return [int(v) for _, v in values]
+    names = sorted({v.strip() for _, v in values})
+    return [names.index(v.strip()) for _, v in values]
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def check_labels_fit(dataset: Dataset, task: Task, num_labels: int, model: str) -> None:
+    """The data's labels must be outputs of the model: class ids below its class count, or regression for
+    regression."""
+    if (task.num_labels == 1) != (num_labels == 1):
+        kinds = {True: "a regression", False: "a classification"}
+        raise MABertError(f"{model} is {kinds[num_labels == 1]} model but {task.name} is {kinds[task.num_labels == 1]}"
+                          " task; use a model trained for it")
+    if num_labels > 1:
+        labels = dataset["label"]
+        top = max(range(len(labels)), key=labels.__getitem__)
+        if labels[top] >= num_labels:
+            raise MABertError(f"{task.name}: label {labels[top]} (example {top + 1}) is out of range for {model}, a "
+                              f"{num_labels}-class model; use a model trained for these classes")
 
 
 def rotten_tomatoes_file() -> Path:
@@ -191,15 +267,19 @@ def load_rotten_tomatoes(split: str) -> Dataset:
                               "movie": [r["movie_name"] for r in picked]})
 
 
+def is_table_task(task: str) -> bool:
+    return Path(task).suffix.lower() in (".csv", ".tsv")
+
+
 def load_task(task: str, split: str, data_dir=None, text_columns=None, label_column="label") -> tuple[Task, Dataset]:
     """(task spec, dataset) for a GLUE task name, "rotten_tomatoes", or a CSV/TSV path."""
     if task == "rotten_tomatoes":
         return RT_TASK, load_rotten_tomatoes(split)
     if task in GLUE_TASKS:
         return GLUE_TASKS[task], load_glue(task, split, data_dir)
-    if Path(task).suffix.lower() in (".csv", ".tsv"):
+    if is_table_task(task):
         data = load_table(task, text_columns or ["text"], label_column)
-        return Task(Path(task).stem, len(set(data["label"])), "accuracy"), data
+        return Task(Path(task).stem, max(2, max(data["label"]) + 1), "accuracy"), data
     raise MABertError(f"unknown task {task!r}: use a GLUE name ({', '.join(GLUE_TASKS)}), rotten_tomatoes, or a .csv/.tsv file")
 
 
@@ -210,6 +290,17 @@ def tokenize(dataset: Dataset, tokenizer, max_length: int) -> Dataset:
 
     keep = ["label"]
     return dataset.map(encode, batched=True, remove_columns=[c for c in dataset.column_names if c not in keep])
+
+
+def _plain_text(path: str) -> bool:
+    """Whether a file has text; a binary or non-UTF-8 file is an error, not silently skipped."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise MABertError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}); give plain .txt files") from None
+    if "\x00" in text:
+        raise MABertError(f"{path} is binary (it holds NUL bytes); give plain .txt files")
+    return bool(text.strip())
 
 
 def load_texts(paths, max_words: int = 110, mixed_lengths: bool = True, seed: int = 0) -> Dataset:
@@ -228,7 +319,10 @@ def load_texts(paths, max_words: int = 110, mixed_lengths: bool = True, seed: in
             raise MABertError(f"{path} not found: give .txt files or folders containing them")
     if not files:
         raise MABertError(f"no .txt files under {paths}")
-    paragraphs = load_dataset("text", data_files=files, sample_by="paragraph", split="train")["text"]
+    with_text = [f for f in files if _plain_text(f)]
+    if not with_text:
+        raise MABertError(f"{', '.join(files[:3])}: no text found; give non-empty .txt files")
+    paragraphs = load_dataset("text", data_files=with_text, sample_by="paragraph", split="train")["text"]
     if mixed_lengths:
         from .corpora import mixed_length_passages
 

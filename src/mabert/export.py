@@ -7,17 +7,20 @@ from pathlib import Path
 import torch
 
 from .errors import MABertError
-from .io import atomic_file
+from .io import atomic_file, max_input_length
 
-# Ops that compute a transcendental/normalising function, or hide one inside a fused kernel.
-FORBIDDEN_OPS = {
-    "Softmax", "LogSoftmax", "Erf", "Gelu", "FastGelu", "BiasGelu", "QuickGelu", "Tanh", "Sigmoid", "Exp", "Log",
-    "Sqrt", "Pow", "Reciprocal", "ReduceMean", "LayerNormalization", "SkipLayerNormalization",
-    "EmbedLayerNormalization", "SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization",
-    "RMSNormalization", "BatchNormalization", "InstanceNormalization", "GroupNormalization",
-    "MeanVarianceNormalization", "LpNormalization", "Attention", "MultiHeadAttention", "BiasSoftmax",
+# The op types a fused MA graph and its int8 versions are made of: matrix products, additions, products (Div
+# only by a constant), ReLU, and data movement. Anything else (softmax, normalisations, transcendental or
+# smooth activations, fused attention kernels…) fails the audit.
+ALLOWED_OPS = {
+    "": {"MatMul", "Gemm", "Add", "Sub", "Mul", "Div", "Relu", "Neg",
+         "Gather", "Reshape", "Transpose", "Unsqueeze", "Squeeze", "Slice", "Concat", "Split", "Expand", "Flatten",
+         "Shape", "Cast", "Constant", "ConstantOfShape", "Identity",
+         "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "QLinearMatMul"},
+    "com.microsoft": {"QLinearAdd", "QLinearMul", "QLinearConcat"},
 }
 INPUT_NAMES = ["input_ids", "attention_mask", "token_type_ids"]
+MAX_LENGTH_KEY = "max_sequence_length"
 
 
 class _LogitsOnly(torch.nn.Module):
@@ -37,7 +40,10 @@ def _example(config, batch=2, length=16):
 
 def export_onnx(model, path: str | Path, opset: int = 17) -> Path:
     """Export a fused MA model or any HF sequence classifier: inputs input_ids, attention_mask,
-    token_type_ids (batch, sequence), output logits."""
+    token_type_ids (batch, sequence), output logits. An MA graph records its length limit L in the model's
+    metadata (`max_sequence_length`), which `onnx_feed` checks."""
+    import onnx
+
     model.eval()
     wrapped = _LogitsOnly(model)
     axes = {name: {0: "batch", 1: "sequence"} for name in INPUT_NAMES}
@@ -48,6 +54,11 @@ def export_onnx(model, path: str | Path, opset: int = 17) -> Path:
             wrapped, _example(model.config), str(tmp), input_names=INPUT_NAMES, output_names=["logits"],
             dynamic_axes=axes, opset_version=opset, dynamo=False,
         )
+        limit = max_input_length(model.config)
+        if limit is not None:
+            graph = onnx.load(str(tmp))
+            onnx.helper.set_model_props(graph, {MAX_LENGTH_KEY: str(limit)})
+            onnx.save(graph, str(tmp))
     return path
 
 
@@ -57,23 +68,56 @@ def _constant_names(graph) -> set[str]:
     return names
 
 
-def audit(path: str | Path) -> dict:
-    """Op types with counts, and the forbidden ones found (Div counts only when dividing by a non-constant)."""
+def _subgraphs(node):
     import onnx
 
+    for attribute in node.attribute:
+        if attribute.type == onnx.AttributeProto.GRAPH:
+            yield attribute.g
+        elif attribute.type == onnx.AttributeProto.GRAPHS:
+            yield from attribute.graphs
+
+
+def _audit_nodes(nodes, constants: set[str], functions: dict, counts: Counter, found: Counter, seen: set) -> None:
+    """Count every node, inside If/Loop/Scan bodies and model-local functions too, and collect the ones outside
+    the allow-list (Div only by a constant)."""
+    for node in nodes:
+        domain = "" if node.domain in ("", "ai.onnx") else node.domain
+        if (domain, node.op_type) in functions:
+            if (domain, node.op_type) not in seen:  # a function body is audited once
+                seen.add((domain, node.op_type))
+                body = functions[domain, node.op_type]
+                inner = {out for n in body.node if n.op_type == "Constant" for out in n.output}
+                _audit_nodes(body.node, inner, functions, counts, found, seen)
+            continue
+        counts[node.op_type] += 1
+        if node.op_type not in ALLOWED_OPS.get(domain, ()):
+            found[node.op_type] += 1
+        elif node.op_type == "Div" and node.input[1] not in constants:
+            found["Div"] += 1
+        for graph in _subgraphs(node):
+            _audit_nodes(graph.node, constants | _constant_names(graph), functions, counts, found, seen)
+
+
+def audit(path: str | Path) -> dict:
+    """Op types with counts, and those outside the allow-list found anywhere in the model (subgraphs and local
+    functions included). An unreadable or empty model fails, with the reason in `problems`."""
+    import onnx
+
+    if not Path(path).is_file():
+        raise MABertError(f"{path} does not exist; export a model with `mabert export MODEL OUT.onnx`")
+    counts, found, problems = Counter(), Counter(), []
     try:
         model = onnx.load(str(path))
-    except Exception as exc:
-        raise MABertError(f"{path} is not a readable ONNX model ({type(exc).__name__}); export one with `mabert export`") from None
-    graph = model.graph
-    counts = Counter(node.op_type for node in graph.node)
-    constants = _constant_names(graph)
-    found = Counter(node.op_type for node in graph.node if node.op_type in FORBIDDEN_OPS)
-    dynamic_divs = sum(1 for node in graph.node if node.op_type == "Div" and node.input[1] not in constants)
-    if dynamic_divs:
-        found["Div"] = dynamic_divs
+    except Exception as exc:  # protobuf and onnx raise several types for damaged files
+        problems.append(f"not a readable ONNX model ({type(exc).__name__})")
+    else:
+        functions = {(f.domain, f.name): f for f in model.functions}
+        _audit_nodes(model.graph.node, _constant_names(model.graph), functions, counts, found, set())
+        if not counts:
+            problems.append("the graph has no nodes")
     return {"file": str(path), "op_counts": dict(sorted(counts.items())), "forbidden": dict(sorted(found.items())),
-            "passed": not found}
+            "problems": problems, "passed": not found and not problems}
 
 
 def format_audit(report: dict) -> str:
@@ -82,16 +126,24 @@ def format_audit(report: dict) -> str:
               for op, count in report["op_counts"].items()]
     if report["passed"]:
         lines.append("PASS: matrix arithmetic only (no softmax, normalization or transcendental ops)")
-    else:
+    for problem in report.get("problems", ()):
+        lines.append(f"FAIL: {problem}")
+    if report["forbidden"]:
         names = ", ".join(f"{op}×{n}" for op, n in report["forbidden"].items())
-        lines.append(f"FAIL: forbidden ops present: {names}")
+        lines.append(f"FAIL: ops outside matrix arithmetic: {names}")
     return "\n".join(lines)
 
 
 def onnx_feed(session, input_ids, attention_mask, token_type_ids=None) -> dict:
-    """The inputs an ONNX Runtime session declares (DistilBERT graphs have no token_type_ids)."""
+    """The inputs an ONNX Runtime session declares (DistilBERT graphs have no token_type_ids), refused with a
+    plain message when longer than the length limit the graph records."""
     import numpy as np
 
+    limit = session.get_modelmeta().custom_metadata_map.get(MAX_LENGTH_KEY)
+    length = np.shape(input_ids)[-1]
+    if limit is not None and length > int(limit):
+        raise MABertError(f"inputs of {length} tokens are longer than this MA model takes (L = {limit}); truncate "
+                          f"them to {limit} tokens (tokenizer(..., truncation=True, max_length={limit}))")
     arrays = {"input_ids": np.asarray(input_ids, dtype=np.int64),
               "attention_mask": np.asarray(attention_mask, dtype=np.int64)}
     arrays["token_type_ids"] = (np.zeros_like(arrays["input_ids"]) if token_type_ids is None

@@ -18,9 +18,8 @@ def quantize_dynamic_int8(src: str | Path, dst: str | Path) -> Path:
         import onnx
 
         # fused ORT ops (Attention, SkipLayerNorm…) have no shape inference: say the default type is fp32
-        quantize_dynamic(str(src), str(tmp.with_suffix(".onnx")), weight_type=QuantType.QInt8,
+        quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8,
                          extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
-        tmp.with_suffix(".onnx").replace(tmp)
     return Path(dst)
 
 
@@ -60,13 +59,11 @@ def quantize_static_int8(src: str | Path, dst: str | Path, calibration_feeds: li
     input_names = [i.name for i in graph.input if i.name not in initializers]
 
     with atomic_file(dst) as tmp, _quiet():
-        out = tmp.with_suffix(".onnx")
         quantize_static(
-            str(src), str(out), _Calibration(calibration_feeds, input_names), quant_format=QuantFormat.QOperator,
+            str(src), str(tmp), _Calibration(calibration_feeds, input_names), quant_format=QuantFormat.QOperator,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gather", "Add", "Mul", "Relu", "Transpose", "Reshape", "Slice", "Unsqueeze", "Concat"],
             calibrate_method=CalibrationMethod.MinMax, extra_options={"ActivationSymmetric": False},
         )
-        out.replace(tmp)
     return Path(dst)
 
 

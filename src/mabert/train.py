@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from transformers import DataCollatorWithPadding, get_linear_schedule_with_warmup
 
 from .distill import IGNORE_LABEL, KDWeights, kd_loss
-from .errors import MABertError
+from .errors import MABertError, one_line
 from .handover import HandOver
 from .io import atomic_dir, atomic_file
 from .metrics import compute_metrics
@@ -122,11 +122,12 @@ def train_loop(model, loader, step_loss, out_dir: Path, settings: TrainSettings,
     for extra in extra_models:
         extra.to(accelerator.device)
     checkpoint_dir = out_dir / "checkpoint"
-    step = 0
+    step, history = 0, []
+    # what a checkpoint must share with the run that resumes it
+    run = {"total_steps": total_steps, "steps_per_epoch": steps_per_epoch, "batch_size": settings.batch_size,
+           "lr": settings.lr, "seed": settings.seed}
     if settings.resume and (checkpoint_dir / "state.json").exists():
-        accelerator.load_state(str(checkpoint_dir))
-        step = json.loads((checkpoint_dir / "state.json").read_text())["step"]
-    history = []
+        step, history = _resume(accelerator, checkpoint_dir, run)
     start = time.time()
     bar = tqdm(total=total_steps, initial=step, desc=description, disable=not accelerator.is_local_main_process,
                dynamic_ncols=True)
@@ -160,7 +161,7 @@ def train_loop(model, loader, step_loss, out_dir: Path, settings: TrainSettings,
                 bar.set_postfix(loss=f"{record['total']:.4f}")
             bar.update(1)
             if settings.save_every and step % settings.save_every == 0 and step < total_steps:
-                _save_checkpoint(accelerator, checkpoint_dir, step)
+                _save_checkpoint(accelerator, checkpoint_dir, step, run, history)
             if step >= last_step:
                 break
     bar.close()
@@ -169,12 +170,31 @@ def train_loop(model, loader, step_loss, out_dir: Path, settings: TrainSettings,
             "model": accelerator.unwrap_model(model), "accelerator": accelerator}
 
 
-def _save_checkpoint(accelerator, checkpoint_dir: Path, step: int) -> None:
+def _save_checkpoint(accelerator, checkpoint_dir: Path, step: int, run: dict, history: list) -> None:
+    """Optimizer/scheduler/RNG state, the step, the run's settings and the loss history so far, atomically."""
     if accelerator.is_main_process:
         with atomic_dir(checkpoint_dir) as tmp:
             accelerator.save_state(str(tmp))
-            (tmp / "state.json").write_text(json.dumps({"step": step}))
+            (tmp / "history.json").write_text(json.dumps(history))
+            (tmp / "state.json").write_text(json.dumps({"step": step, "run": run}))
     accelerator.wait_for_everyone()
+
+
+def _resume(accelerator, checkpoint_dir: Path, run: dict) -> tuple[int, list]:
+    """(step, history so far) from a checkpoint of the same run; another run's checkpoint is refused."""
+    state = json.loads((checkpoint_dir / "state.json").read_text())
+    saved = state.get("run", run)  # checkpoints from before this record are taken as they are
+    changed = [f"{key} {saved[key]} → {value}" for key, value in run.items() if saved.get(key, value) != value]
+    if changed:
+        raise MABertError(f"{checkpoint_dir} belongs to a run with other settings ({', '.join(changed)}); resume "
+                          "with the same options and data, or start afresh with --overwrite")
+    try:
+        accelerator.load_state(str(checkpoint_dir))
+    except Exception as exc:  # torch/accelerate raise several types for a checkpoint of another model
+        raise MABertError(f"cannot resume from {checkpoint_dir}: {one_line(exc, 160)}; it was saved for another "
+                          "model, so start afresh with --overwrite") from None
+    history_file = checkpoint_dir / "history.json"
+    return state["step"], json.loads(history_file.read_text()) if history_file.exists() else []
 
 
 def finetune(model, tokenizer, train_set, out_dir, settings: TrainSettings, max_length: int = 128) -> dict:
@@ -360,6 +380,10 @@ def predict(model, tokenizer, dataset, batch_size: int = 64, max_length: int = 1
     predictions, labels = [], []
     for batch in loader:
         logits = model(**_model_inputs(model, batch)).logits
+        if not torch.isfinite(logits).all():
+            name = getattr(model, "name_or_path", "") or type(model).__name__
+            raise MABertError(f"model {name} gives non-finite logits (NaN/inf); its weights are broken or it is fed "
+                              "inputs unlike its training data, so no metric was computed")
         predictions.append(logits.squeeze(-1) if logits.shape[-1] == 1 else logits.argmax(-1))
         labels.append(batch["labels"] if "labels" in batch else batch["label"])
     return torch.cat(predictions).numpy(), torch.cat(labels).numpy()
