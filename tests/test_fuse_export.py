@@ -7,7 +7,7 @@ import mabert
 from conftest import VECTORS, make_realistic, require_shared, tiny_bert_config, tiny_distilbert_config
 from mabert.errors import MABertError
 from mabert.export import audit, export_onnx, onnx_feed
-from mabert.fuse import (FusedMAModel, check_fold, fold_norm_into_tables, fold_norm_into_writer, fp32_deviation, fuse,
+from mabert.fuse import (check_fold, fold_norm_into_tables, fold_norm_into_writer, fp32_deviation, fuse,
                          scale_linear)
 
 CONFIGS = {

@@ -12,11 +12,10 @@ import mabert
 from mabert.cli import main
 from mabert.conversion import student_from_general
 from mabert.corpora import joined_examples, mixed_length_passages, task_augmentation
-from mabert.distill import IGNORE_LABEL
 from mabert.errors import MABertError
 from mabert.evaluation import compare_with_teacher, evaluate_with_lengths, metrics_by_length
 from mabert.data import Task
-from test_train import NEGATIVE, POSITIVE, sentiment_data, tiny_teacher
+from test_train import POSITIVE, sentiment_data, tiny_teacher
 
 
 def test_mixed_length_passages_keep_the_text_and_cover_lengths():
@@ -103,7 +102,7 @@ def test_evaluation_refuses_non_finite_logits(trained_pair):
     task = Task("sentiment", 2, "accuracy")
     assert evaluate_with_lengths(student, tokenizer, sentiment_data(1), task)["by_length"]["1-32"]["examples"] == 12
     student.classifier.bias.data.fill_(float("nan"))
-    with pytest.raises(MABertError, match="non-finite logits on 12 of 12"):
+    with pytest.raises(MABertError, match="non-finite logits .* on 12 of 12"):
         evaluate_with_lengths(student, tokenizer, sentiment_data(1), task)
 
 

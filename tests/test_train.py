@@ -12,7 +12,8 @@ from transformers import BertConfig, BertForSequenceClassification, BertTokenize
 import mabert
 from mabert.errors import MABertError
 from mabert.io import load_classifier
-from mabert.train import TrainSettings, distill, evaluate, finetune
+from mabert.evaluation import evaluate
+from mabert.train import TrainSettings, distill, finetune
 
 POSITIVE = ["the movie was great", "i liked the film", "good acting and fun story", "very good plot",
             "great fun", "i liked the acting"]

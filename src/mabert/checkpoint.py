@@ -146,6 +146,8 @@ def _infer_config(family: str, state, head: str, overrides: dict):
         "use_softmax_approx": approx_key in state,
         "share_softmax_nn": shared_key in state,
         "ffn_hidden_act": "relu",
+        # not in the release: state dicts of mabert's own bounded models (mabert.bounds) carry their clamps
+        "activation_bounds": any(k.endswith("bound.low") for k in state),
     }
     if family == "bert":
         settings["type_vocab_size"] = _shape(state, "bert.embeddings.token_type_embeddings.weight")[0]

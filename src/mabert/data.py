@@ -5,7 +5,6 @@ import bz2
 import csv
 import hashlib
 import importlib.util
-import io
 import math
 import re
 import sys

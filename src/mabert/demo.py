@@ -132,7 +132,7 @@ class Pipeline:
 
     # --- stages ---------------------------------------------------------------------
     def run_teacher(self) -> dict:
-        from .train import evaluate
+        from .evaluation import evaluate
 
         task, train = self.data("train")
         _, held_out = self.data(self.eval_split())
@@ -162,7 +162,7 @@ class Pipeline:
 
     def run_distill(self) -> dict:
         from .io import load_classifier
-        from .train import evaluate
+        from .evaluation import evaluate
 
         task, train = self.data("train")
         _, held_out = self.data(self.eval_split())

@@ -71,13 +71,27 @@ def compare_with_teacher(student, teacher, tokenizer, dataset, batch_size: int =
     return result
 
 
-def evaluate_with_lengths(model, tokenizer, dataset, task, batch_size: int = 64) -> dict:
-    """Task metrics overall and per length bucket; refuses non-finite logits (they would score as a class)."""
+def _finite_logits(model, tokenizer, dataset, batch_size):
+    """predict_logits, refusing non-finite logits (argmax would score them as a class)."""
     logits, labels, lengths = predict_logits(model, tokenizer, dataset, batch_size)
     bad = int((~np.isfinite(logits).all(-1)).sum())
     if bad:
-        raise MABertError(f"the model produced non-finite logits on {bad} of {len(logits)} examples; its weights or "
-                          "activations overflow (calibrate its activation bounds, or retrain with a lower --lr)")
+        name = getattr(model, "name_or_path", "") or type(model).__name__
+        raise MABertError(f"model {name} gives non-finite logits (NaN/inf) on {bad} of {len(logits)} examples; its "
+                          "weights are broken or its activations overflow (an MA model: calibrate its activation "
+                          "bounds by training it with mabert), so no metric was computed")
+    return logits, labels, lengths
+
+
+def evaluate(model, tokenizer, dataset, task, batch_size: int = 64) -> dict:
+    """The task's metrics (GLUE conventions)."""
+    logits, labels, _ = _finite_logits(model, tokenizer, dataset, batch_size)
+    return compute_metrics(task.metric, predictions_of(logits), labels)
+
+
+def evaluate_with_lengths(model, tokenizer, dataset, task, batch_size: int = 64) -> dict:
+    """The task's metrics overall and per token-length bucket (`by_length`)."""
+    logits, labels, lengths = _finite_logits(model, tokenizer, dataset, batch_size)
     return {**compute_metrics(task.metric, predictions_of(logits), labels),
             "by_length": metrics_by_length(logits, labels, lengths, task.metric)}
 

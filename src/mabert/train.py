@@ -17,7 +17,6 @@ from .distill import IGNORE_LABEL, KDWeights, kd_loss
 from .errors import MABertError, one_line
 from .handover import HandOver
 from .io import atomic_dir, atomic_file
-from .metrics import compute_metrics
 
 
 @dataclass
@@ -366,29 +365,3 @@ def _finish(result, tokenizer, out_dir: Path, settings: TrainSettings) -> dict:
     summary["history"] = result["history"]
     summary["model"] = model
     return summary
-
-
-@torch.no_grad()
-def predict(model, tokenizer, dataset, batch_size: int = 64, max_length: int = 128):
-    """Class ids (or scores for regression) and gold labels."""
-    from .data import tokenize
-
-    model.eval()
-    max_length = min(max_length, getattr(model.config, "softmax_input_size", max_length))
-    loader = make_loader(tokenize(dataset, tokenizer, max_length), tokenizer, batch_size,
-                         pad_to=pads_to_full_length(model))
-    predictions, labels = [], []
-    for batch in loader:
-        logits = model(**_model_inputs(model, batch)).logits
-        if not torch.isfinite(logits).all():
-            name = getattr(model, "name_or_path", "") or type(model).__name__
-            raise MABertError(f"model {name} gives non-finite logits (NaN/inf); its weights are broken or it is fed "
-                              "inputs unlike its training data, so no metric was computed")
-        predictions.append(logits.squeeze(-1) if logits.shape[-1] == 1 else logits.argmax(-1))
-        labels.append(batch["labels"] if "labels" in batch else batch["label"])
-    return torch.cat(predictions).numpy(), torch.cat(labels).numpy()
-
-
-def evaluate(model, tokenizer, dataset, task, batch_size: int = 64) -> dict:
-    predictions, labels = predict(model, tokenizer, dataset, batch_size)
-    return compute_metrics(task.metric, predictions, labels)
