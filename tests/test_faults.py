@@ -408,6 +408,7 @@ sys.exit(main(sys.argv[1:]))
 '''
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("number,code,name", [(signal.SIGTERM, 143, "SIGTERM"), (signal.SIGINT, 130, "SIGINT")])
 def test_signals_leave_the_last_checkpoint_and_no_junk(models, tmp_path, capsys, number, code, name):
     run = tmp_path / "run"

@@ -113,6 +113,7 @@ open(f"{sys.argv[1]}/rank{state.process_index}.txt", "w").write(f"{state.num_pro
 '''
 
 
+@pytest.mark.slow
 def test_accelerate_two_process_ranks_agree(tmp_path, tiny_vocab):
     script = tmp_path / "ddp.py"
     script.write_text(DDP_SCRIPT)
