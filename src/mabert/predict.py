@@ -89,7 +89,7 @@ def load_scorer(model: str | Path, tokenizer: str | Path | None = None, threads:
     source = Path(tokenizer) if tokenizer else (onnx_file.parent if onnx_file else path)
     try:
         tok = AutoTokenizer.from_pretrained(str(source))
-    except (OSError, ValueError):
+    except (OSError, ValueError, TypeError):  # TypeError: a registered tokenizer class without its vocab file
         raise MABertError(f"no tokenizer in {source}; pass --tokenizer with the model directory it came from") from None
     if onnx_file is None:
         from .io import load_classifier
