@@ -72,3 +72,22 @@ def test_optimum_ort_model_runs_export_dir_in_pipeline(tmp_path, tiny_vocab, int
         want = torch.softmax(torch.from_numpy(reference_logits(model, tokenizer, text, "truncate")[0]), -1)
         got = {s["label"]: s["score"] for s in scores}
         np.testing.assert_allclose([got["neg"], got["pos"]], want.numpy(), atol=0.05 if int8 else 1e-4)
+
+
+def test_fill_mask_pipeline_on_imported_released_checkpoint(tmp_path):
+    from conftest import VECTORS, require_shared
+    from mabert.modelcard import read_facts
+
+    folder = require_shared(VECTORS / "A-ma-bert-mlm")
+    assert main(["import-original", str(folder / "state_dict.pt"), str(tmp_path / "mlm"), "--config",
+                 str(folder / "config.json")]) == 0
+    assert read_facts(tmp_path / "mlm")["stage"] == "import-original"
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(5, 1000)]
+    (tmp_path / "mlm" / "vocab.txt").write_text("\n".join(words) + "\n")  # the released vocab file, alone
+    fill = pipeline("fill-mask", model=str(tmp_path / "mlm"), top_k=2)
+    got = fill("w7 w300 [MASK] w999")
+    model = mabert.from_original_checkpoint(folder / "state_dict.pt", original_config=folder / "config.json")
+    tokenizer = BertTokenizerFast(vocab_file=str(tmp_path / "mlm" / "vocab.txt"))
+    top = torch.topk(mask_probabilities(model, tokenizer, "w7 w300 [MASK] w999"), 2)
+    assert [g["token"] for g in got] == top.indices.tolist()
+    np.testing.assert_allclose([g["score"] for g in got], top.values.numpy(), rtol=1e-4)

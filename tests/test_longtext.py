@@ -11,7 +11,8 @@ from mabert.longtext import document_logits, segments
 from mabert.predict import torch_call
 from mabert.train import evaluate
 
-WORDS = "the movie was great bad a film good terrible plot acting and not fun boring it is very i liked hated story".split()
+WORDS = ("the movie was great bad a film good terrible plot acting and not fun boring it is very i liked hated "
+         "story").split()
 
 
 def long_text(n, seed):

@@ -58,6 +58,7 @@ def test_training_stages_write_cards_and_evaluate_adds_metrics(tmp_path, tiny_vo
     assert facts["stage"] == "convert" and len(facts["metrics"]) == 1
     assert facts["metrics"][0]["split"] == "test" and facts["metrics"][0]["long_text"] == "windows"
     assert card_of(tmp_path / "s").data.eval_results[0].metric_type == "accuracy"
+    assert main(["evaluate", "some/hub-id", "--task", "imdb", "--data-dir", str(tmp_path), "--update-card"]) == 2
 
 
 def test_export_dir_card_names_parity_audit_and_source_facts(tmp_path, tiny_vocab, capsys):

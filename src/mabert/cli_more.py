@@ -168,12 +168,15 @@ def _fit_softmax(args):
 
 def _evaluate(args):
     import json
+    from pathlib import Path
 
     from .corpora import joined_examples
     from .data import check_labels_fit, is_table_task, load_texts
     from .evaluation import compare_with_teacher, evaluate_long_documents, evaluate_with_lengths
     from .io import atomic_file, load_classifier, load_tokenizer
 
+    if args.update_card and not Path(args.model).is_dir():
+        raise MABertError(f"--update-card writes MODEL/README.md: {args.model!r} is not a local model directory")
     if is_table_task(args.task) and args.split:
         raise MABertError(f"--split does not apply to {args.task}: a CSV/TSV task is one file, scored whole")
     split = None if is_table_task(args.task) else args.split or "dev"

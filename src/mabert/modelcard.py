@@ -31,7 +31,9 @@ def _pipeline_tag(config: dict) -> str:
     names = " ".join(config.get("architectures") or [])
     if "MaskedLM" in names:
         return "fill-mask"
-    return "text-classification" if "SequenceClassification" in names or config.get("id2label") else "feature-extraction"
+    if "SequenceClassification" in names or config.get("id2label"):
+        return "text-classification"
+    return "feature-extraction"
 
 
 def _hub_id(name) -> str | None:
@@ -73,14 +75,16 @@ def _front_matter(facts: dict, config: dict) -> str:
 def _how_to_load(facts: dict, config: dict) -> list[str]:
     path = facts.get("path") or "path/to/model"
     if facts.get("stage") == "export":
+        has_int8 = "model_quantized.onnx" in facts.get("onnx_files", [])
+        int8 = '  # int8: file_name="model_quantized.onnx"' if has_int8 else ""
         return ["```python", "from optimum.onnxruntime import ORTModelForSequenceClassification",
                 "from transformers import AutoTokenizer, pipeline", "",
-                f'model = ORTModelForSequenceClassification.from_pretrained("{path}")'
-                + ('  # int8: file_name="model_quantized.onnx"' if "model_quantized.onnx" in facts.get("onnx_files", []) else ""),
-                f'classify = pipeline("text-classification", model=model, tokenizer=AutoTokenizer.from_pretrained("{path}"))',
+                f'model = ORTModelForSequenceClassification.from_pretrained("{path}"){int8}',
+                f'tokenizer = AutoTokenizer.from_pretrained("{path}")',
+                'classify = pipeline("text-classification", model=model, tokenizer=tokenizer)',
                 'classify("a film worth seeing", truncation=True)  # inputs longer than L must be truncated', "```", "",
                 f"or `mabert predict {path} --input texts.csv --out predictions.csv` (long documents: `--long-text`). "
-                "The graph needs only ONNX Runtime (`pip install mabert[optimum]` for the optimum classes)."]
+                "The graph needs only ONNX Runtime; the optimum classes come with `pip install optimum-onnx==0.1.0`."]
     task = _pipeline_tag(config)
     register = (["import mabert  # registers the MA model types with the transformers Auto classes"]
                 if str(config.get("model_type", "")).startswith("ma-") else [])
@@ -139,7 +143,8 @@ def build_card(facts: dict) -> str:
                   f"- fusion parity: max relative error {facts['parity']:.2e} against the unfused model"
                   if facts.get("parity") is not None else "- not fused (exported as is)",
                   *(f"- operator audit of {name}: " + ("PASS, matrix arithmetic only" if result["passed"] else "FAIL: "
-                    + ", ".join(f"{op}×{n}" for op, n in result["forbidden"].items())) for name, result in audit.items())]
+                    + ", ".join(f"{op}×{n}" for op, n in result["forbidden"].items()))
+                    for name, result in audit.items())]
     lines += ["", "## How to load", "", *_how_to_load(facts, config), ""]
     return f"---\n{_front_matter(facts, config)}\n---\n\n" + "\n".join(lines)
 

@@ -221,5 +221,6 @@ def predict_file(model, input_path, out_path, text_columns=None, tokenizer=None,
                              batch_size, scorer.pad_to, progress)
     seconds = time.time() - start
     write_predictions(out_path, numbers, predictions(logits, scorer.labels))
-    return {"rows": len(texts), "seconds": round(seconds, 2), "rows_per_second": round(len(texts) / seconds, 1),
+    return {"rows": len(texts), "seconds": round(seconds, 2),
+            "rows_per_second": round(len(texts) / max(seconds, 1e-6), 1),
             "max_length": scorer.max_length, "long_text": long_text, "out": str(out_path)}
