@@ -14,7 +14,7 @@ def _export(args):
 
     if Path(args.out).suffix != ".onnx":
         facts = export_model_dir(args.model, args.out, fuse_model=not args.no_fuse, int8=args.int8, opset=args.opset)
-        parity = f", fusion parity {facts['parity']:.1e}" if facts["parity"] is not None else ""
+        parity = f", fused: fp32 deviation {facts['parity']:.1e}" if "parity" in facts else ""
         print(f"wrote {args.out}/ ({', '.join(facts['onnx_files'])}, config.json, tokenizer, README.md{parity})")
         if args.audit:
             reports = [audit(Path(args.out) / name) for name in facts["onnx_files"]]

@@ -166,7 +166,7 @@ def export_model_dir(model_dir: str | Path, out_dir: str | Path, fuse_model: boo
 
     from transformers import AutoTokenizer
 
-    from .fuse import check_parity, fuse
+    from .fuse import check_fold, fp32_deviation, fuse, parity_inputs
     from .io import atomic_dir, load_classifier
     from .longtext import max_length_of
     from .modelcard import build_card, read_facts
@@ -179,10 +179,13 @@ def export_model_dir(model_dir: str | Path, out_dir: str | Path, fuse_model: boo
         raise MABertError(f"{model_dir} has no tokenizer files, which an export directory needs; save the tokenizer "
                           "there, or export to a single .onnx file") from None
     is_ma = model.config.model_type in _BASE_FAMILY
-    target, parity = model, None
+    target, fusion = model, {}
     if is_ma and fuse_model:
+        fold_error = check_fold(model)
         target = fuse(model, check=False)
-        parity = check_parity(model, target)
+        lengths = sorted({min(16, model.config.softmax_input_size), model.config.softmax_input_size})
+        fusion = {"fold_error": fold_error,
+                  "parity": fp32_deviation(model, target, [parity_inputs(model.config, length=n) for n in lengths])}
     config = model.config.to_dict()
     config["model_type"], config["architectures"] = _BASE_FAMILY.get(
         config["model_type"], (config["model_type"], config.get("architectures")))
@@ -197,7 +200,7 @@ def export_model_dir(model_dir: str | Path, out_dir: str | Path, fuse_model: boo
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
         tokenizer.save_pretrained(tmp)
         audits = {name: audit(tmp / name) for name in files}
-        facts = {**read_facts(model_dir), "stage": "export", "source_model": str(model_dir), "parity": parity,
+        facts = {**read_facts(model_dir), "stage": "export", "source_model": str(model_dir), **fusion,
                  "audit": {n: {"passed": a["passed"], "forbidden": a["forbidden"]} for n, a in audits.items()},
                  "onnx_files": files}
         (tmp / "README.md").write_text(build_card({**facts, "path": str(out_dir), "config": model.config.to_dict()}),

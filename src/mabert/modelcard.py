@@ -3,8 +3,8 @@
 `build_card(facts)` renders a card from a dict of facts; the facts themselves are kept in the front matter under
 `mabert:`, so a later stage (evaluate --update-card, export) reads them back with `read_facts` and adds its own.
 Facts (all optional): path, stage, config (the model's config dict), base_model, teacher, task, data, steps,
-wall_time_s, final_loss, settings, metrics ([{task, split, examples, values, long_text}]), parity, audit
-({file: {passed, forbidden}}), onnx_files, source_model.
+wall_time_s, final_loss, settings, metrics ([{task, split, examples, values, long_text}]), fold_error, parity
+(the fused fp32 graph's deviation), audit ({file: {passed, forbidden}}), onnx_files, source_model.
 """
 from __future__ import annotations
 
@@ -140,7 +140,8 @@ def build_card(facts: dict) -> str:
                   f"- files: {', '.join(facts.get('onnx_files', []))}; inputs input_ids, attention_mask"
                   f"{', token_type_ids' if config.get('type_vocab_size') else ''}; output logits; at most "
                   f"{config.get('softmax_input_size', 512)} tokens",
-                  f"- fusion parity: max relative error {facts['parity']:.2e} against the unfused model"
+                  f"- fusion: folds verified in float64 (relative error {facts['fold_error']:.1e}); the fp32 graph "
+                  f"deviates from the unfused model by {facts['parity']:.1e} (max relative, random padded batches)"
                   if facts.get("parity") is not None else "- not fused (exported as is)",
                   *(f"- operator audit of {name}: " + ("PASS, matrix arithmetic only" if result["passed"] else "FAIL: "
                     + ", ".join(f"{op}×{n}" for op, n in result["forbidden"].items()))
