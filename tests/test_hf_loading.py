@@ -75,19 +75,21 @@ def test_optimum_ort_model_runs_export_dir_in_pipeline(tmp_path, tiny_vocab, int
 
 
 def test_fill_mask_pipeline_on_imported_released_checkpoint(tmp_path):
+    """The released MLM layout, imported with its tokenizer, runs in pipeline("fill-mask") as saved."""
     from conftest import VECTORS, require_shared
     from mabert.modelcard import read_facts
 
     folder = require_shared(VECTORS / "A-ma-bert-mlm")
-    assert main(["import-original", str(folder / "state_dict.pt"), str(tmp_path / "mlm"), "--config",
-                 str(folder / "config.json")]) == 0
-    assert read_facts(tmp_path / "mlm")["stage"] == "import-original"
     words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(5, 1000)]
-    (tmp_path / "mlm" / "vocab.txt").write_text("\n".join(words) + "\n")  # the released vocab file, alone
+    (tmp_path / "vocab.txt").write_text("\n".join(words) + "\n")
+    BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt")).save_pretrained(tmp_path / "tok")
+    assert main(["import-original", str(folder / "state_dict.pt"), str(tmp_path / "mlm"), "--config",
+                 str(folder / "config.json"), "--tokenizer", str(tmp_path / "tok")]) == 0
+    assert read_facts(tmp_path / "mlm")["stage"] == "import-original"
     fill = pipeline("fill-mask", model=str(tmp_path / "mlm"), top_k=2)
     got = fill("w7 w300 [MASK] w999")
     model = mabert.from_original_checkpoint(folder / "state_dict.pt", original_config=folder / "config.json")
-    tokenizer = BertTokenizerFast(vocab_file=str(tmp_path / "mlm" / "vocab.txt"))
+    tokenizer = BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt"))
     top = torch.topk(mask_probabilities(model, tokenizer, "w7 w300 [MASK] w999"), 2)
     assert [g["token"] for g in got] == top.indices.tolist()
     np.testing.assert_allclose([g["score"] for g in got], top.values.numpy(), rtol=1e-4)

@@ -9,7 +9,7 @@ from mabert.data import load_imdb, load_task
 from mabert.errors import MABertError
 from mabert.longtext import document_logits, segments
 from mabert.predict import torch_call
-from mabert.train import evaluate
+from mabert.evaluation import evaluate
 
 WORDS = ("the movie was great bad a film good terrible plot acting and not fun boring it is very i liked hated "
          "story").split()

@@ -74,7 +74,8 @@ def _labels(config) -> list[str]:
 
 def load_scorer(model: str | Path, tokenizer: str | Path | None = None, threads: int | None = None) -> Scorer:
     """A model directory (MA or plain HF), an export directory (its model.onnx), or an .onnx file (tokenizer and
-    config.json from `tokenizer`, default the file's folder; without a config, L is 128)."""
+    config.json from `tokenizer`, default the file's folder; L from the graph's metadata, else the config, else
+    128)."""
     from transformers import AutoConfig, AutoTokenizer
 
     import mabert  # noqa: F401  (registers the MA model types)
@@ -99,8 +100,19 @@ def load_scorer(model: str | Path, tokenizer: str | Path | None = None, threads:
     else:
         config = AutoConfig.from_pretrained(str(source)) if (source / "config.json").is_file() else None
         call = onnx_call(onnx_file, threads)
+    limit = _graph_length_limit(onnx_file) if onnx_file else None
     pad_to = pads_to_full_length(SimpleNamespace(config=config))
-    return Scorer(call, tok, max_length_of(config), pad_to, _labels(config))
+    return Scorer(call, tok, limit or max_length_of(config), pad_to, _labels(config))
+
+
+def _graph_length_limit(path: Path) -> int | None:
+    """The L an exported MA graph records in its metadata (plain graphs and int8 copies may have none)."""
+    import onnx
+
+    from .export import MAX_LENGTH_KEY
+
+    props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    return int(props[MAX_LENGTH_KEY]) if MAX_LENGTH_KEY in props else None
 
 
 def _decoded_lines(path: Path, errors: dict[int, str]):
