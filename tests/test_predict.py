@@ -49,9 +49,12 @@ def test_bad_rows_are_reported_by_line(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"text": "ok"}\n{"title": "no text"}\nnot json\n{"text": " "}\n')
     with pytest.raises(MABertError, match="line 2: no 'text' value; line 3: not a JSON object; line 4: empty 'text'"):
         read_rows(tmp_path / "bad.jsonl")
-    (tmp_path / "bad.csv").write_text("text,other\nok,1\n,2\n")
-    with pytest.raises(MABertError, match="line 3: empty 'text'"):
+    (tmp_path / "bad.csv").write_text("text,other\nok,1\n,2\n\nshort\n")
+    with pytest.raises(MABertError, match="line 3: empty 'text'; line 4: empty line"):
         read_rows(tmp_path / "bad.csv")
+    (tmp_path / "pair.tsv").write_text("a\tb\nx\n")
+    with pytest.raises(MABertError, match="line 2: no 'b' value"):
+        read_rows(tmp_path / "pair.tsv", ["a", "b"])
     with pytest.raises(MABertError, match=r"columns \['review'\] not in header"):
         read_rows(tmp_path / "bad.csv", ["review"])
 

@@ -140,13 +140,17 @@ def read_rows(path: str | Path, text_columns: list[str] | None = None) -> tuple[
     records = []  # (line, [values])
     lines = _decoded_lines(path, errors)
     if suffix in (".csv", ".tsv"):
-        reader = csv.DictReader(lines, delimiter="\t" if suffix == ".tsv" else ",")
-        missing = [c for c in columns if c not in (reader.fieldnames or [])]
+        reader = csv.reader(lines, delimiter="\t" if suffix == ".tsv" else ",")
+        header = next(reader, [])
+        missing = [c for c in columns if c not in header]
         if missing:
-            raise MABertError(f"{path}: columns {missing} not in header {(reader.fieldnames or [])[:8]}; "
-                              "choose them with --text-columns")
-        for row in reader:
-            records.append((reader.line_num, [row.get(c) for c in columns]))
+            raise MABertError(f"{path}: columns {missing} not in header {header[:8]}; choose them with --text-columns")
+        where = [header.index(c) for c in columns]
+        for row in reader:  # a blank line is an empty row here (DictReader would skip it silently)
+            if not row:
+                errors.setdefault(reader.line_num, "empty line")
+                continue
+            records.append((reader.line_num, [row[i] if i < len(row) else None for i in where]))
     elif suffix == ".jsonl":
         for number, line in enumerate(lines, start=1):
             try:
