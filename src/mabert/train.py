@@ -283,8 +283,8 @@ def kd_pretrain(teacher, student, tokenizer, texts, out_dir, settings: TrainSett
             terms["total"] = terms["total"] + s_out.loss
         return terms
 
-    return _kd_run(teacher, student, trained, loader, step_loss, tokenizer, out_dir, settings, "KD pre-train MA student",
-                   {"stage": "kd-pretrain", **(card or {})})
+    return _kd_run(teacher, student, trained, loader, step_loss, tokenizer, out_dir, settings,
+                   "KD pre-train MA student", {"stage": "kd-pretrain", **(card or {})})
 
 
 def _has_mlm_head(model) -> bool:
