@@ -202,7 +202,8 @@ def from_original_checkpoint(path, original_config=None, save_to=None, tokenizer
     if save_to is not None:
         from .io import save_model_dir
 
-        save_model_dir(model, save_to, _matching_tokenizer(tokenizer, config) if tokenizer is not None else None)
+        save_model_dir(model, save_to, _matching_tokenizer(tokenizer, config) if tokenizer is not None else None,
+                       card={"stage": "import-original", "data": f"released checkpoint {Path(path).name}"})
     return model
 
 

@@ -28,7 +28,8 @@ OUTPUTS = {
     "kd-pretrain": ("out", "run", ("teacher", "student", "texts")),
     "demo": ("out", "run", ("teacher", "data")),
     "evaluate": ("out", "file", ("model", "task", "data_dir")),
-    "export": ("out", "file", ("model",)),
+    "export": ("out", "file", ("model",)),  # a folder when OUT has no .onnx suffix (see _claim_output)
+    "predict": ("out", "file", ("model", "input", "tokenizer")),
 }
 
 
@@ -136,6 +137,8 @@ def _claim_output(args) -> tuple[Path | None, str | None]:
     if args.verb not in OUTPUTS or getattr(args, OUTPUTS[args.verb][0]) is None or os.environ.get("RANK", "0") != "0":
         return None, None
     attribute, kind, inputs = OUTPUTS[args.verb]
+    if args.verb == "export" and Path(args.out).suffix != ".onnx":
+        kind = "dir"
     target = claim_output(getattr(args, attribute), inputs=_inputs(args, inputs), directory=kind != "file",
                           overwrite=getattr(args, "overwrite", False),
                           reuse=getattr(args, "resume", False) or args.verb == "demo",

@@ -6,10 +6,23 @@ from .errors import MABertError
 
 
 def _export(args):
-    from .export import audit, export_onnx, format_audit
+    from pathlib import Path
+
+    from .export import audit, export_model_dir, export_onnx, format_audit
     from .fuse import fuse
     from .io import load_classifier
 
+    if Path(args.out).suffix != ".onnx":
+        facts = export_model_dir(args.model, args.out, fuse_model=not args.no_fuse, int8=args.int8, opset=args.opset)
+        parity = f", fused: fp32 deviation {facts['parity']:.1e}" if "parity" in facts else ""
+        print(f"wrote {args.out}/ ({', '.join(facts['onnx_files'])}, config.json, tokenizer, README.md{parity})")
+        if args.audit:
+            reports = [audit(Path(args.out) / name) for name in facts["onnx_files"]]
+            print("\n".join(format_audit(report) for report in reports))
+            return 0 if all(report["passed"] for report in reports) else 1
+        return
+    if args.int8:
+        raise MABertError("--int8 writes model_quantized.onnx beside model.onnx: give an output directory, not a file")
     model = load_classifier(args.model)
     is_ma = getattr(model.config, "model_type", "").startswith("ma-")
     target = fuse(model) if is_ma and not args.no_fuse else model
@@ -70,7 +83,8 @@ def _finetune(args):
 
     task, train = _load_split(args, "train")
     model = load_classifier(args.model, num_labels=task.num_labels)
-    summary = finetune(model, load_tokenizer(args.model), train, args.out, _train_settings(args))
+    summary = finetune(model, load_tokenizer(args.model), train, args.out, _train_settings(args),
+                       card={"base_model": args.model, **_data_facts(args, train)})
     print(f"fine-tuned {summary['steps']} steps in {summary['wall_time_s']} s → {args.out}/model")
 
 
@@ -104,7 +118,8 @@ def _distill(args):
                                              load_student=lambda path, t: load_task_student(path, t, args.seed))
     own_texts = load_texts(args.unlabelled_texts, seed=args.seed) if args.unlabelled_texts else None
     train, extra = task_augmentation(train, args.joined_fraction, args.unlabelled, args.seed, own_texts)
-    summary = distill(teacher, student, tokenizer, train, args.out, _train_settings(args), extra_inputs=extra)
+    summary = distill(teacher, student, tokenizer, train, args.out, _train_settings(args), extra_inputs=extra,
+                      card={"teacher": args.teacher, "base_model": args.student, **_data_facts(args, train)})
     print(f"distilled {summary['steps']} steps in {summary['wall_time_s']} s → {args.out}/model")
 
 
@@ -126,7 +141,10 @@ def _kd_pretrain(args):
     if args.limit and len(texts) > args.limit:
         texts = texts.shuffle(seed=args.seed).select(range(args.limit))
     teacher, student, tokenizer = _load_pair(args, load_model)
-    summary = kd_pretrain(teacher, student, tokenizer, texts, args.out, _train_settings(args))
+    sources = [*(args.texts or []), *(["the bundled English passages"] if args.bundled else [])]
+    facts = {"teacher": args.teacher, "base_model": args.student,
+             "data": f"{len(texts)} passages of at most {args.max_words} words from {', '.join(sources)}"}
+    summary = kd_pretrain(teacher, student, tokenizer, texts, args.out, _train_settings(args), card=facts)
     print(f"KD pre-trained on {len(texts)} passages, {summary['steps']} steps in {summary['wall_time_s']} s "
           f"→ {args.out}/model")
 
@@ -138,7 +156,10 @@ def _fit_softmax(args):
     _, train = _load_split(args, "train")
     teacher, student, tokenizer = _load_pair(args, load_classifier)
     record = fit_to_teacher(student, teacher, tokenizer, train, count=args.texts, steps=args.steps, seed=args.seed)
-    save_model_dir(student, args.out, tokenizer)
+    save_model_dir(student, args.out, tokenizer, card={"stage": "fit-softmax", "teacher": args.teacher,
+                                                       "base_model": args.student, "task": args.task,
+                                                       "data": f"score rows of {args.texts} texts of {args.task}",
+                                                       "steps": args.steps})
     for layer, error in enumerate(record["approximator_mse_per_layer"], start=1):
         print(f"layer {layer}: MSE to softmax {error:.3e}")
     if record["phi_calibrated"]:
@@ -147,20 +168,29 @@ def _fit_softmax(args):
 
 def _evaluate(args):
     import json
+    from pathlib import Path
 
     from .corpora import joined_examples
     from .data import check_labels_fit, is_table_task, load_texts
-    from .evaluation import compare_with_teacher, evaluate_with_lengths
+    from .evaluation import compare_with_teacher, evaluate_long_documents, evaluate_with_lengths
     from .io import atomic_file, load_classifier, load_tokenizer
 
+    if args.update_card and not Path(args.model).is_dir():
+        raise MABertError(f"--update-card writes MODEL/README.md: {args.model!r} is not a local model directory")
     if is_table_task(args.task) and args.split:
         raise MABertError(f"--split does not apply to {args.task}: a CSV/TSV task is one file, scored whole")
     split = None if is_table_task(args.task) else args.split or "dev"
     task, data = _load_split(args, split or "dev")
     model, tokenizer = load_classifier(args.model), load_tokenizer(args.model)
     check_labels_fit(data, task, model.config.num_labels, args.model)
+    if task.name == "imdb":
+        split = "test"  # IMDb has no dev split; its loader reads test
+    if args.long_text == "truncate":
+        metrics = evaluate_with_lengths(model, tokenizer, data, task)
+    else:
+        metrics = evaluate_long_documents(model, tokenizer, data, task, args.long_text, args.stride)
     result = {"model": str(args.model), "task": args.task, "split": split, "examples": len(data),
-              **evaluate_with_lengths(model, tokenizer, data, task)}
+              "long_text": args.long_text, **metrics}
     if args.joined:
         joined = joined_examples(data.select_columns(["text_a", "label"]), args.joined, args.seed)
         result[f"joined_{args.joined}"] = {"examples": len(joined), **evaluate_with_lengths(model, tokenizer, joined, task)}
@@ -172,6 +202,15 @@ def _evaluate(args):
     if args.out:
         with atomic_file(args.out) as tmp:
             tmp.write_text(json.dumps(result, indent=2))
+    if args.update_card:
+        from .modelcard import read_facts, write_card
+
+        facts = read_facts(args.model)
+        values = {k: v for k, v in metrics.items() if isinstance(v, float)}  # by_length stays in the JSON
+        entry = {"task": args.task, "split": split, "examples": len(data), "long_text": args.long_text,
+                 "values": values}
+        others = [m for m in facts.get("metrics", []) if (m["task"], m["split"]) != (args.task, split)]
+        write_card(args.model, {**facts, "metrics": others + [entry]})
     return result
 
 
@@ -195,15 +234,32 @@ def _bench(args):
     print(f"wrote {args.out}/bench.json and bench.png")
 
 
+def _data_facts(args, data) -> dict:
+    """What a model card says about the training data."""
+    return {"task": args.task, "data": f"{len(data)} training examples of {args.task}"
+            + (f" (seeded subset, seed {args.seed})" if args.train_limit and len(data) == args.train_limit else "")}
+
+
+def _long_text_args(p):
+    from .longtext import STRATEGIES
+
+    p.add_argument("--long-text", choices=STRATEGIES, default="truncate",
+                   help="documents longer than the model's L tokens: keep the head (truncate), the first quarter "
+                        "and the end (head-tail), or average the logits of windows of L (windows)")
+    p.add_argument("--stride", type=int, help="windows: tokens between window starts (default half a window)")
+
+
 def _data_args(p, split=False):
-    p.add_argument("--task", required=True, help="GLUE name, rotten_tomatoes, or a .csv/.tsv file")
-    p.add_argument("--data-dir", help="GLUE folder (default: the hub, online only)")
+    p.add_argument("--task", required=True, help="GLUE name, imdb, rotten_tomatoes, or a .csv/.tsv file")
+    p.add_argument("--data-dir", help="GLUE folder, or the folder holding aclImdb/ for imdb (default: the hub, "
+                                      "online only)")
     p.add_argument("--text-columns", nargs="+", help="for CSV/TSV tasks (default: text)")
     p.add_argument("--label-column", default="label")
     p.add_argument("--train-limit", type=at_least(1), help="use a seeded subset of this many training examples")
     if split:
         p.add_argument("--split", choices=["train", "dev", "test"],
-                       help="default dev (GLUE tasks have no public test labels; a CSV/TSV file is scored whole)")
+                       help="default dev (GLUE tasks have no public test labels; a CSV/TSV file is scored whole; "
+                            "imdb has no dev split: dev reads test, as the official MA-BERT script evaluated)")
 
 
 def _teacher_student_args(p):
@@ -300,7 +356,9 @@ def add_verbs(verbs) -> None:
     p.add_argument("--teacher", help="the teacher, for --ood-texts")
     p.add_argument("--out", help="write the metrics JSON here")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--update-card", action="store_true", help="add the metrics to MODEL/README.md (its model card)")
     _data_args(p, split=True)
+    _long_text_args(p)
     p.set_defaults(func=_evaluate)
 
     p = verbs.add_parser("bench", help="interleaved latency benchmark: BERT (eager/ORT/int8) vs MA")
@@ -317,7 +375,9 @@ def add_verbs(verbs) -> None:
 
     p = verbs.add_parser("export", help="fuse an MA model (exactly) and export it to ONNX with dynamic axes")
     p.add_argument("model", help="model directory (MA or plain BERT)")
-    p.add_argument("out", help="output .onnx file")
+    p.add_argument("out", help="output .onnx file, or a directory (model.onnx, config.json, tokenizer, README.md) "
+                               "that optimum's ORTModelForSequenceClassification and pipeline() load")
+    p.add_argument("--int8", action="store_true", help="directory output: also model_quantized.onnx (dynamic int8)")
     p.add_argument("--opset", type=between(14, 20, int), default=17)
     p.add_argument("--no-fuse", action="store_true", help="export the unfused module graph")
     p.add_argument("--audit", action="store_true", help="print the operator audit afterwards")
@@ -328,3 +388,29 @@ def add_verbs(verbs) -> None:
     p.add_argument("onnx")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_audit)
+
+    add_predict_verb(verbs)
+
+
+# --- mabert predict (batch scoring of a file) -------------------------------------------------------------------
+def _predict(args):
+    from .predict import predict_file
+
+    summary = predict_file(args.model, args.input, args.out, args.text_columns, args.tokenizer, args.long_text,
+                           args.stride, args.batch_size, args.threads)
+    print(f"scored {summary['rows']} rows in {summary['seconds']} s ({summary['rows_per_second']} rows/s, "
+          f"L = {summary['max_length']}, --long-text {summary['long_text']}) → {summary['out']}")
+
+
+def add_predict_verb(verbs) -> None:
+    p = verbs.add_parser("predict", help="score a CSV/TSV/JSONL/plain-text file with a model directory or an "
+                                         "exported ONNX model (fp32 or int8)")
+    p.add_argument("model", help="model directory, export directory, or .onnx file")
+    p.add_argument("--input", required=True, help=".csv/.tsv (header row), .jsonl, or plain text (one per line)")
+    p.add_argument("--out", required=True, help="predictions: .csv, .tsv or .jsonl, one row per input, in order")
+    p.add_argument("--text-columns", nargs="+", help="the text column, or a pair (default: text)")
+    p.add_argument("--tokenizer", help="directory with the tokenizer and config.json (default: the model's)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
+    _long_text_args(p)
+    p.set_defaults(func=_predict)

@@ -171,7 +171,8 @@ def convert_to_dir(teacher, out_dir: str | Path, **kwargs) -> Path:
     if isinstance(teacher, (str, Path)):
         model_source(teacher)  # a wrong path is reported as such before its missing tokenizer
         tokenizer = load_tokenizer(teacher)
-    return save_model_dir(convert(teacher, **kwargs), out_dir, tokenizer)
+    base = str(teacher) if isinstance(teacher, (str, Path)) else None
+    return save_model_dir(convert(teacher, **kwargs), out_dir, tokenizer, card={"stage": "convert", "base_model": base})
 
 
 def powernorms(model: nn.Module) -> list[PowerNorm]:

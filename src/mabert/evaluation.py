@@ -74,19 +74,38 @@ def compare_with_teacher(student, teacher, tokenizer, dataset, batch_size: int =
 def _finite_logits(model, tokenizer, dataset, batch_size):
     """predict_logits, refusing non-finite logits (argmax would score them as a class)."""
     logits, labels, lengths = predict_logits(model, tokenizer, dataset, batch_size)
+    _refuse_non_finite(model, logits)
+    return logits, labels, lengths
+
+
+def _refuse_non_finite(model, logits) -> None:
     bad = int((~np.isfinite(logits).all(-1)).sum())
     if bad:
         name = getattr(model, "name_or_path", "") or type(model).__name__
         raise MABertError(f"model {name} gives non-finite logits (NaN/inf) on {bad} of {len(logits)} examples; its "
                           "weights are broken or its activations overflow (an MA model: calibrate its activation "
                           "bounds by training it with mabert), so no metric was computed")
-    return logits, labels, lengths
 
 
 def evaluate(model, tokenizer, dataset, task, batch_size: int = 64) -> dict:
     """The task's metrics (GLUE conventions)."""
     logits, labels, _ = _finite_logits(model, tokenizer, dataset, batch_size)
     return compute_metrics(task.metric, predictions_of(logits), labels)
+
+
+def evaluate_long_documents(model, tokenizer, dataset, task, strategy: str, stride: int | None = None,
+                            batch_size: int = 64) -> dict:
+    """The task's metrics with inputs longer than the model's L split per `strategy` (see mabert.longtext)."""
+    from .longtext import document_logits, max_length_of
+    from .predict import torch_call
+    from .train import pads_to_full_length
+
+    model.eval()
+    pairs = dataset["text_b"] if "text_b" in dataset.column_names else None
+    logits = document_logits(torch_call(model), tokenizer, dataset["text_a"], max_length_of(model.config), strategy,
+                             stride, pairs, batch_size, pads_to_full_length(model))
+    _refuse_non_finite(model, logits)
+    return compute_metrics(task.metric, predictions_of(logits), np.asarray(dataset["label"]))
 
 
 def evaluate_with_lengths(model, tokenizer, dataset, task, batch_size: int = 64) -> dict:

@@ -149,3 +149,60 @@ def onnx_feed(session, input_ids, attention_mask, token_type_ids=None) -> dict:
     arrays["token_type_ids"] = (np.zeros_like(arrays["input_ids"]) if token_type_ids is None
                                 else np.asarray(token_type_ids, dtype=np.int64))
     return {i.name: arrays[i.name] for i in session.get_inputs()}
+
+
+_BASE_FAMILY = {"ma-bert": ("bert", "BertForSequenceClassification"),
+                "ma-distilbert": ("distilbert", "DistilBertForSequenceClassification")}
+
+
+def export_model_dir(model_dir: str | Path, out_dir: str | Path, fuse_model: bool = True, int8: bool = False,
+                     opset: int = 17) -> dict:
+    """`mabert export MODEL DIR`: a directory that optimum's ORTModelForSequenceClassification and
+    transformers.pipeline load: model.onnx (+ model_quantized.onnx, dynamic int8), config.json, the tokenizer
+    (model_max_length = L) and a model card. The config names the base family (bert/distilbert), whose input
+    names the graph has, so loaders without mabert read it; the MA settings stay in it as extra keys.
+    Returns the card's facts."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    from .fuse import check_fold, fp32_deviation, fuse, parity_inputs
+    from .io import atomic_dir, load_classifier
+    from .longtext import max_length_of
+    from .modelcard import build_card, read_facts
+    from .quantize import quantize_dynamic_int8
+
+    model = load_classifier(model_dir)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    except (OSError, ValueError, TypeError):  # TypeError: a registered tokenizer class without its vocab file
+        raise MABertError(f"{model_dir} has no tokenizer files, which an export directory needs; save the tokenizer "
+                          "there, or export to a single .onnx file") from None
+    is_ma = model.config.model_type in _BASE_FAMILY
+    target, fusion = model, {}
+    if is_ma and fuse_model:
+        fold_error = check_fold(model)
+        target = fuse(model, check=False)
+        lengths = sorted({min(16, model.config.softmax_input_size), model.config.softmax_input_size})
+        fusion = {"fold_error": fold_error,
+                  "parity": fp32_deviation(model, target, [parity_inputs(model.config, length=n) for n in lengths])}
+    config = model.config.to_dict()
+    config["model_type"], config["architectures"] = _BASE_FAMILY.get(
+        config["model_type"], (config["model_type"], config.get("architectures")))
+    # pipeline(..., truncation=True) then cuts inputs to what the graph accepts
+    tokenizer.model_max_length = max_length_of(model.config, min(tokenizer.model_max_length,
+                                                                 model.config.max_position_embeddings))
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        files = [export_onnx(target, tmp / "model.onnx", opset=opset).name]
+        if int8:
+            files.append(quantize_dynamic_int8(tmp / "model.onnx", tmp / "model_quantized.onnx").name)
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+        tokenizer.save_pretrained(tmp)
+        audits = {name: audit(tmp / name) for name in files}
+        facts = {**read_facts(model_dir), "stage": "export", "source_model": str(model_dir), **fusion,
+                 "audit": {n: {"passed": a["passed"], "forbidden": a["forbidden"]} for n, a in audits.items()},
+                 "onnx_files": files}
+        (tmp / "README.md").write_text(build_card({**facts, "path": str(out_dir), "config": model.config.to_dict()}),
+                                       encoding="utf-8")
+    return facts

@@ -182,14 +182,19 @@ def atomic_file(target: str | Path):
             os.unlink(tmp)
 
 
-def save_model_dir(model, out_dir: str | Path, tokenizer=None) -> Path:
-    """save_pretrained (safetensors) plus the tokenizer, written atomically. An MA model's tokenizer says it
-    takes at most L tokens, so `truncation=True` cuts inputs to what the approximators accept."""
+def save_model_dir(model, out_dir: str | Path, tokenizer=None, card: dict | None = None) -> Path:
+    """save_pretrained (safetensors), the tokenizer and a model card (README.md, from the model's config plus the
+    `card` facts, see mabert.modelcard), written atomically. An MA model's tokenizer says it takes at most L
+    tokens, so `truncation=True` cuts inputs to what the approximators accept."""
+    from .modelcard import build_card
+
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
             _limit_tokenizer_length(tmp, max_input_length(model.config))
+        facts = {**(card or {}), "path": str(out_dir), "config": model.config.to_dict()}
+        (tmp / "README.md").write_text(build_card(facts), encoding="utf-8")
     return Path(out_dir)
 
 

@@ -196,8 +196,10 @@ def _resume(accelerator, checkpoint_dir: Path, run: dict) -> tuple[int, list]:
     return state["step"], json.loads(history_file.read_text()) if history_file.exists() else []
 
 
-def finetune(model, tokenizer, train_set, out_dir, settings: TrainSettings, max_length: int = 128) -> dict:
-    """Plain fine-tuning (the teacher; an MA model gets its PowerNorm φ re-estimated at the end, as in KD)."""
+def finetune(model, tokenizer, train_set, out_dir, settings: TrainSettings, max_length: int = 128,
+             card: dict | None = None) -> dict:
+    """Plain fine-tuning (the teacher; an MA model gets its PowerNorm φ re-estimated at the end, as in KD).
+    `card`: facts for the model card (mabert.modelcard), e.g. base_model, task, data."""
     from .data import tokenize
 
     out_dir = Path(out_dir)
@@ -206,12 +208,13 @@ def finetune(model, tokenizer, train_set, out_dir, settings: TrainSettings, max_
     result = train_loop(model, loader, lambda m, b: {"total": m(**_model_inputs(model, b), labels=b["labels"]).loss},
                         out_dir, settings, "fine-tune teacher")
     calibration = calibrate_for_inference(model, model, loader, settings.recalibrate_phi_batches)
-    summary = _finish(result, tokenizer, out_dir, settings)
+    summary = _finish(result, tokenizer, out_dir, settings, {"stage": "finetune", **(card or {})})
     summary.update(calibration)
     return summary
 
 
-def distill(teacher, student, tokenizer, train_set, out_dir, settings: TrainSettings, extra_inputs=None) -> dict:
+def distill(teacher, student, tokenizer, train_set, out_dir, settings: TrainSettings, extra_inputs=None,
+            card: dict | None = None) -> dict:
     """KD fine-tuning of an MA student on a labelled task. `extra_inputs` (a dataset with text_a[/text_b] and no
     labels) are teacher-labelled augmentation: the student learns the teacher's logits, hidden states and
     attention maps on them, without the task term."""
@@ -239,10 +242,12 @@ def distill(teacher, student, tokenizer, train_set, out_dir, settings: TrainSett
         s_out = model(**_model_inputs(student, batch), output_hidden_states=True, output_attentions=True)
         return kd_loss(s_out, t_out, batch["labels"], batch["attention_mask"], settings.kd, num_labels)
 
-    return _kd_run(teacher, student, student, loader, step_loss, tokenizer, out_dir, settings, "distill MA student")
+    return _kd_run(teacher, student, student, loader, step_loss, tokenizer, out_dir, settings, "distill MA student",
+                   {"stage": "distill", **(card or {})})
 
 
-def kd_pretrain(teacher, student, tokenizer, texts, out_dir, settings: TrainSettings, mlm_probability: float = 0.15):
+def kd_pretrain(teacher, student, tokenizer, texts, out_dir, settings: TrainSettings, mlm_probability: float = 0.15,
+                card: dict | None = None):
     """KD pre-training on unlabelled text: hidden-state and attention-map distillation (β·(Σ hidden MSE +
     100·Σ attention MSE)), plus the student's MLM loss when both models have an MLM head. PowerNorm statistics
     warm up here; a fresh student is handed over from LayerNorm/GELU as in `distill`. Task heads are untouched."""
@@ -278,14 +283,15 @@ def kd_pretrain(teacher, student, tokenizer, texts, out_dir, settings: TrainSett
             terms["total"] = terms["total"] + s_out.loss
         return terms
 
-    return _kd_run(teacher, student, trained, loader, step_loss, tokenizer, out_dir, settings, "KD pre-train MA student")
+    return _kd_run(teacher, student, trained, loader, step_loss, tokenizer, out_dir, settings,
+                   "KD pre-train MA student", {"stage": "kd-pretrain", **(card or {})})
 
 
 def _has_mlm_head(model) -> bool:
     return type(model).__name__.endswith("ForMaskedLM")
 
 
-def _kd_run(teacher, student, trained, loader, step_loss, tokenizer, out_dir, settings, description) -> dict:
+def _kd_run(teacher, student, trained, loader, step_loss, tokenizer, out_dir, settings, description, card) -> dict:
     """Runs a KD loop on `trained` (the student or its encoder) with the LayerNorm/GELU hand-over for a fresh
     student, and saves the whole student."""
     handover = None
@@ -302,7 +308,7 @@ def _kd_run(teacher, student, trained, loader, step_loss, tokenizer, out_dir, se
             handover.remove()
     calibration = calibrate_for_inference(trained, student, loader, settings.recalibrate_phi_batches)
     result["model"] = student
-    summary = _finish(result, tokenizer, out_dir, settings)
+    summary = _finish(result, tokenizer, out_dir, settings, card)
     summary["handover_modules"] = handover.count if handover else 0
     summary.update(calibration)
     return summary
@@ -348,7 +354,7 @@ def _eager_attention(model) -> None:
     model.config._attn_implementation = "eager"
 
 
-def _finish(result, tokenizer, out_dir: Path, settings: TrainSettings) -> dict:
+def _finish(result, tokenizer, out_dir: Path, settings: TrainSettings, card: dict) -> dict:
     model, accelerator = result.pop("model"), result.pop("accelerator")
     model.eval()
     summary = {"steps": result["steps"], "wall_time_s": round(result["wall_time_s"], 2),
@@ -357,7 +363,7 @@ def _finish(result, tokenizer, out_dir: Path, settings: TrainSettings) -> dict:
     if accelerator.is_main_process:
         from .io import save_model_dir
 
-        save_model_dir(model, out_dir / "model", tokenizer)
+        save_model_dir(model, out_dir / "model", tokenizer, card={**card, **summary})
         with atomic_file(out_dir / "history.json") as tmp:
             tmp.write_text(json.dumps(result["history"]))
         with atomic_file(out_dir / "summary.json") as tmp:
