@@ -123,3 +123,26 @@ def test_released_layout_has_no_bounds():
     assert not activation_bounds(model) and model.logit_bound is None
     assert not any("bound" in key for key in model.state_dict())
     assert isinstance(_model("bert").bert.embeddings.LayerNorm.bound, ActivationBound)
+
+
+def test_a_channel_that_overflows_on_all_calibration_data_takes_the_range_before_it():
+    """Calibration ignores inf; a stream channel with no finite value takes the same channel's range at the bound
+    before, so the overflow that made it inf is clamped at inference instead of passed on."""
+
+    class Chain(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.first, self.second = ActivationBound(3), ActivationBound(3)
+
+        def forward(self, x):
+            x = self.first(x)
+            return self.second(x * torch.tensor([1.0, 1e39, 2.0]))  # channel 1 overflows to ±inf in fp32
+
+    chain = Chain().eval()
+    batches = [torch.randn(8, 3, generator=torch.Generator().manual_seed(i)) + 0.5 for i in range(3)]
+    assert calibrate_bounds(chain, batches, lambda m, x: m(x)) == 2
+    torch.testing.assert_close(chain.second.low[1], chain.first.low[1])
+    torch.testing.assert_close(chain.second.high[1], chain.first.high[1])
+    assert chain.second.high[2] == pytest.approx(2 * chain.first.high[2].item(), rel=0.3)
+    with torch.no_grad():
+        assert torch.isfinite(chain(torch.tensor([[1e6, -1e6, 3.0]]))).all()

@@ -47,39 +47,51 @@ def activation_bounds(model: nn.Module) -> list[ActivationBound]:
 @torch.no_grad()
 def calibrate_bounds(model: nn.Module, batches, forward, margin: float = 0.5) -> int:
     """Set every ActivationBound of `model` from the per-channel range of its inputs over `batches`, widened on
-    each side by `margin` × that range. Runs `forward(model, batch)` in eval mode with the bounds open, so each
-    sees what the unclamped model computes. Returns the number of bounds set (0 if the model has none)."""
+    each side by `margin` × that range. Runs `forward(model, batch)` in eval mode. Progressive, as inference
+    will be: each bound is updated from a batch just before it clamps that batch, so the bounds downstream see
+    their inputs as inference will give them, and an upstream overflow (a stream that grows on an unusual input)
+    reaches them clamped instead of as inf/NaN. Non-finite values are ignored; a channel that never had a finite
+    value takes the range of the same channel at the bound before (every bound but the logits' bounds the same
+    residual stream), so a model that overflows somewhere on its data is still bounded everywhere. Returns the
+    number of bounds set (every channel finite; 0 if the model has none)."""
     bounds = activation_bounds(model)
     if not bounds:
         return 0
-    seen: dict[int, list[torch.Tensor]] = {}
+    seen: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    previous: dict[int, ActivationBound] = {}  # width → the bound that ran last in this forward
+    inf = float("inf")
 
-    def record(bound, args):
+    def update(bound, args):
         values = args[0].detach().reshape(-1, args[0].shape[-1]).double()
-        low, high = values.min(dim=0).values, values.max(dim=0).values
+        finite = torch.isfinite(values)
+        low = torch.where(finite, values, inf).min(dim=0).values
+        high = torch.where(finite, values, -inf).max(dim=0).values
         if id(bound) in seen:
             low, high = torch.minimum(low, seen[id(bound)][0]), torch.maximum(high, seen[id(bound)][1])
-        seen[id(bound)] = [low, high]
+        seen[id(bound)] = (low, high)
+        known = torch.isfinite(low) & torch.isfinite(high)
+        spread = (high - low).where(known, torch.zeros_like(low))
+        # a constant channel still gets some room: a hundredth of the largest channel range of this bound
+        spread = torch.maximum(spread, spread.max().clamp_min(1e-3) * 1e-2)
+        before = previous.get(bound.low.numel())
+        fallback_low = before.low.double() if before is not None else torch.full_like(low, -inf)
+        fallback_high = before.high.double() if before is not None else torch.full_like(high, inf)
+        bound.low.copy_(torch.where(known, low - margin * spread, fallback_low).to(bound.low.dtype))
+        bound.high.copy_(torch.where(known, high + margin * spread, fallback_high).to(bound.high.dtype))
+        previous[bound.low.numel()] = bound
 
     for bound in bounds:
-        bound.low.fill_(float("-inf"))
-        bound.high.fill_(float("inf"))
-    hooks = [b.register_forward_pre_hook(record) for b in bounds]
+        bound.low.fill_(-inf)
+        bound.high.fill_(inf)
+    hooks = [b.register_forward_pre_hook(update) for b in bounds]
     was_training = model.training
     model.eval()
     try:
         for batch in batches:
+            previous.clear()
             forward(model, batch)
     finally:
         for hook in hooks:
             hook.remove()
         model.train(was_training)
-    for bound in bounds:
-        if id(bound) not in seen:
-            continue
-        low, high = seen[id(bound)]
-        # a constant channel still gets some room: the margin of the largest channel range in this bound
-        spread = torch.maximum(high - low, (high - low).max().clamp_min(1e-3) * 1e-2)
-        bound.low.copy_((low - margin * spread).to(bound.low.dtype))
-        bound.high.copy_((high + margin * spread).to(bound.high.dtype))
     return sum(b.is_set for b in bounds)
