@@ -177,17 +177,3 @@ def test_seeded_teacher_runs_are_identical(tmp_path, tiny_vocab):
     for key in runs[0]:
         assert torch.equal(runs[0][key], runs[1][key]), key
 
-
-def test_length_grouped_shuffle_is_a_seeded_permutation_of_similar_lengths():
-    from mabert.train import EpochShuffle
-
-    lengths = [int(n) for n in torch.randint(3, 128, (640,), generator=torch.Generator().manual_seed(0))]
-    sampler = EpochShuffle(640, seed=1, lengths=lengths, batch_size=16)
-    order = list(sampler)
-    assert sorted(order) == list(range(640)) and order == list(sampler)  # a permutation, the same on a resume
-    sampler.choose_epoch(1)
-    assert list(sampler) != order
-    padded = sum(16 * max(lengths[i] for i in order[k:k + 16]) for k in range(0, 640, 16))
-    shuffled = list(EpochShuffle(640, seed=1))
-    padded_plain = sum(16 * max(lengths[i] for i in shuffled[k:k + 16]) for k in range(0, 640, 16))
-    assert padded < 0.7 * padded_plain  # far less padding than a plain shuffle
