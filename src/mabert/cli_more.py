@@ -52,7 +52,9 @@ def _demo(args):
         model_source(args.teacher)
         load_tokenizer(args.teacher)
     preset = DemoSettings.full if args.full else (DemoSettings.toy if args.toy else DemoSettings.default)
-    settings = preset(teacher=args.teacher, task=args.task, data_dir=args.data, seed=args.seed, threads=args.threads)
+    extra = {} if args.general_steps is None else {"general_steps": args.general_steps}
+    settings = preset(teacher=args.teacher, task=args.task, data_dir=args.data, seed=args.seed, threads=args.threads,
+                      **extra)
     Pipeline(args.out, settings, force=args.force).run()
 
 
@@ -295,6 +297,9 @@ def add_verbs(verbs) -> None:
     p.add_argument("--full", action="store_true", help="all training data, more epochs")
     p.add_argument("--toy", action="store_true", help="a minute-long smoke run")
     p.add_argument("--force", action="store_true", help="redo finished stages")
+    p.add_argument("--general-steps", type=at_least(0),
+                   help="KD pre-training steps of a general MA model on bundled English before task KD "
+                        "(default 0: the task teacher is converted; --full: 1000)")
     p.add_argument("--threads", type=at_least(1), default=2)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_demo)

@@ -1,8 +1,9 @@
 """The main job: the whole MA-BERT pipeline on a real pretrained BERT and real data, offline.
 
-teacher fine-tune → general MA model (convert the pretrained BERT, fit approximators, KD pre-training on bundled
-English of every length) → task student (general encoder + the teacher's head) → task KD with teacher-labelled
-augmentation → fuse + ONNX + audit → int8 → robustness (lengths, out-of-domain text) → benchmark → report.
+teacher fine-tune → [general MA model: the pretrained BERT converted, approximators fitted, KD pre-training on
+bundled English of every length; with --general-steps N] → task student (the task teacher converted and fitted,
+or the general encoder with the teacher's head) → task KD → fuse + ONNX + audit → int8 → robustness (accuracy by
+length, agreement with the teacher on text never distilled on) → benchmark → report. Defaults: `mabert.recipe`.
 Every stage writes its artefacts and a `<stage>.json` record into one folder; a re-run skips stages whose
 record exists (use --force to redo them).
 """
@@ -35,18 +36,21 @@ class DemoSettings:
     recipe: Recipe = field(default_factory=Recipe)
 
     @classmethod
-    def full(cls, seed: int = 0, **kw):
+    def full(cls, seed: int = 0, general_steps: int = 1000, **kw):
         return cls(train_limit=None, teacher_epochs=2.0, student_epochs=3.0, bench_repeats=30,
-                   recipe=Recipe(seed=seed, general_steps=1000), **kw)
+                   recipe=Recipe(seed=seed, general_steps=general_steps, joined_fraction=0.25,
+                                 unlabelled_passages=1600), **kw)
 
     @classmethod
-    def toy(cls, seed: int = 0, **kw):
+    def toy(cls, seed: int = 0, general_steps: int = 4, **kw):
+        """A smoke run through every stage, the general model and augmentation included."""
         return cls(train_limit=64, eval_limit=64, teacher_epochs=1.0, student_epochs=1.0, bench_repeats=2,
-                   recipe=Recipe(seed=seed, batch_size=16, fit_steps=20, general_steps=4, unlabelled_passages=32), **kw)
+                   recipe=Recipe(seed=seed, batch_size=16, fit_steps=20, general_steps=general_steps,
+                                 joined_fraction=0.25, unlabelled_passages=32), **kw)
 
     @classmethod
-    def default(cls, seed: int = 0, **kw):
-        return cls(recipe=Recipe(seed=seed), **kw)
+    def default(cls, seed: int = 0, general_steps: int = 0, **kw):
+        return cls(recipe=Recipe(seed=seed, general_steps=general_steps), **kw)
 
 
 def default_teacher() -> str:

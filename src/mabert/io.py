@@ -149,8 +149,11 @@ def _folder_lock(folder: Path):
 def atomic_dir(target: str | Path):
     """Yield a temporary directory beside `target`; on success it replaces `target` in one rename (a folder
     that mabert did not write is never replaced) and is marked as mabert's."""
-    target = claim_output(target, overwrite=True)
+    target = Path(target).expanduser().resolve()
+    _writable_anchor(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    with _folder_lock(target.parent):  # another writer may be renaming `target` right now
+        claim_output(target, overwrite=True)
     _sweep_stale(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
     old = tmp.with_name(tmp.name.replace(".tmp-", ".old-", 1))  # unique too: writers may overlap
@@ -158,6 +161,7 @@ def atomic_dir(target: str | Path):
         yield tmp
         _write_marker(tmp)
         with _folder_lock(target.parent), _signals_held():
+            claim_output(target, overwrite=True)  # what is there now, not what was there at the start
             if target.exists():
                 target.rename(old)
             tmp.rename(target)
