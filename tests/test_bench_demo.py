@@ -68,10 +68,19 @@ def test_demo_pipeline_end_to_end_toy(tmp_path, capsys):
     assert {"held-out", "held-out, 4 joined"} <= set(robustness["in_domain"])
     assert all(row["student_non_finite"] == 0 for row in robustness["out_of_domain"].values())
     assert "## What users meet" in text
+    # the user-facing outputs: an export directory with its card, a predict example, cards carrying the metrics
+    student_accuracy = json.loads((tmp_path / "distill.json").read_text())["metrics"]["accuracy"]
+    for card in ("student/model/README.md", "export/README.md"):
+        assert f"| rotten_tomatoes | test | 64 | truncate | accuracy | {student_accuracy:.4f} |" in (tmp_path / card).read_text()
+    assert "PASS, matrix arithmetic only" in (tmp_path / "export/README.md").read_text()
+    examples = (tmp_path / "predict/examples.txt").read_text().splitlines()
+    rows = (tmp_path / "predict/predictions.csv").read_text().splitlines()
+    assert len(examples) == 10 and len(rows) == 11 and rows[0].startswith("line,label,score")
+    assert "## Use the student" in text and "mabert predict" in text
     # a second run skips every finished stage
     stamp = (tmp_path / "teacher.json").stat().st_mtime_ns
     capsys.readouterr()
     Pipeline(tmp_path, DemoSettings.toy()).run()
     out = capsys.readouterr()
-    assert (out.out + out.err).count("done earlier, skipped") == 7
+    assert (out.out + out.err).count("done earlier, skipped") == 8
     assert (tmp_path / "teacher.json").stat().st_mtime_ns == stamp

@@ -205,14 +205,11 @@ def _evaluate(args):
         with atomic_file(args.out) as tmp:
             tmp.write_text(json.dumps(result, indent=2))
     if args.update_card:
-        from .modelcard import read_facts, write_card
+        from .modelcard import add_metrics
 
-        facts = read_facts(args.model)
         values = {k: v for k, v in metrics.items() if isinstance(v, float)}  # by_length stays in the JSON
-        entry = {"task": args.task, "split": split, "examples": len(data), "long_text": args.long_text,
-                 "values": values}
-        others = [m for m in facts.get("metrics", []) if (m["task"], m["split"]) != (args.task, split)]
-        write_card(args.model, {**facts, "metrics": others + [entry]})
+        add_metrics(args.model, {"task": args.task, "split": split, "examples": len(data),
+                                 "long_text": args.long_text, "values": values})
     return result
 
 

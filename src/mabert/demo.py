@@ -2,8 +2,9 @@
 
 teacher fine-tune → [general MA model: the pretrained BERT converted, approximators fitted, KD pre-training on
 bundled English of every length; with --general-steps N] → task student (the task teacher converted and fitted,
-or the general encoder with the teacher's head) → task KD → fuse + ONNX + audit → int8 → robustness (accuracy by
-length, agreement with the teacher on text never distilled on) → benchmark → report. Defaults: `mabert.recipe`.
+or the general encoder with the teacher's head) → task KD → fuse + ONNX + audit, the deployable export directory, int8
+→ `mabert predict` on an example file → robustness (accuracy by length, agreement with the teacher on text never
+distilled on) → benchmark → report. Defaults: `mabert.recipe`.
 Every stage writes its artefacts and a `<stage>.json` record into one folder; a re-run skips stages whose
 record exists (use --force to redo them).
 """
@@ -104,6 +105,12 @@ class Pipeline:
 
         return AutoTokenizer.from_pretrained(self.teacher_source)
 
+    def record_in_card(self, model_dir: Path, metrics: dict, examples: int) -> None:
+        from .modelcard import add_metrics
+
+        add_metrics(model_dir, {"task": self.settings.task, "split": self.eval_split(), "examples": examples,
+                                "values": {k: v for k, v in metrics.items() if isinstance(v, float)}})
+
     def run_robustness(self) -> dict:
         """What users meet: held-out accuracy per length (single and 4-joined held-out examples), and agreement
         with the teacher on bundled text never distilled on (short snippets and 4 joined)."""
@@ -143,6 +150,7 @@ class Pipeline:
         summary = finetune_teacher(self.teacher_source, self.tokenizer(), train, task.num_labels, self.out / "teacher",
                                    self.settings.recipe, self.settings.teacher_epochs)
         metrics = evaluate(summary["model"], self.tokenizer(), held_out, task)
+        self.record_in_card(self.out / "teacher" / "model", metrics, len(held_out))
         return {"metrics": metrics, "steps": summary["steps"], "wall_time_s": summary["wall_time_s"],
                 "train_examples": len(train), "eval_examples": len(held_out), "eval_split": self.eval_split()}
 
@@ -174,13 +182,14 @@ class Pipeline:
                                self.tokenizer(), train, self.out / "student", self.settings.recipe,
                                self.settings.student_epochs)
         metrics = evaluate(summary["model"], self.tokenizer(), held_out, task)
+        self.record_in_card(self.out / "student" / "model", metrics, len(held_out))
         return {"metrics": metrics, **{k: summary[k] for k in ("steps", "wall_time_s", "handover_modules",
                                                                "labelled_examples", "unlabelled_passages",
                                                                "bounds_calibrated")}}
 
     def run_export(self) -> dict:
         from .data import tokenize
-        from .export import audit, export_onnx
+        from .export import audit, export_model_dir, export_onnx
         from .fuse import fp32_deviation, fuse
         from .io import load_classifier
         from .metrics import compute_metrics
@@ -191,6 +200,8 @@ class Pipeline:
         student = load_classifier(self.out / "student" / "model")
         teacher = load_classifier(self.out / "teacher" / "model")
         fused = fuse(student)
+        # what a user deploys: model.onnx (+ int8) with config, tokenizer and card, loadable by optimum/pipeline
+        export_model_dir(self.out / "student" / "model", self.out / "export", int8=True)
         onnx_dir = self.out / "onnx"
         export_onnx(fused, onnx_dir / "ma-student.onnx")
         export_onnx(teacher, onnx_dir / "bert-teacher.onnx")
@@ -219,6 +230,29 @@ class Pipeline:
                 "fused_fp32_deviation": fp32_deviation(student, fused, torch_batches),
                 "onnx_fp32_deviation": onnx_error}
 
+    def run_predict(self) -> dict:
+        """`mabert predict` on the exported directory, as a user would run it: a few held-out sentences, headlines
+        the student never saw, and one review longer than L scored by sliding windows."""
+        from .corpora import bundled_documents
+        from .predict import predict_file
+
+        _, held_out = self.data(self.eval_split())
+        if "text_b" in held_out.column_names:
+            return {"skipped": "the example file is written for single-sentence tasks"}
+        sentences = [t.replace("\n", " ") for t in held_out["text_a"][:6]]
+        headlines = [d.replace("\n", " ") for d in bundled_documents("headlines") if d.strip()][:3]
+        long_review = " ".join(t.replace("\n", " ") for t in held_out["text_a"][6:22])
+        folder = self.out / "predict"
+        folder.mkdir(exist_ok=True)
+        examples = folder / "examples.txt"
+        with atomic_file(examples) as tmp:
+            tmp.write_text("\n".join(sentences + headlines + [long_review]) + "\n", encoding="utf-8")
+        summary = predict_file(self.out / "export", examples, folder / "predictions.csv", long_text="windows",
+                               threads=self.settings.threads, progress=False)
+        command = (f"mabert predict {self.out / 'export'} --input {examples} --out {folder / 'predictions.csv'} "
+                   "--long-text windows")
+        return {**summary, "command": command}
+
     def run_bench(self) -> dict:
         from .bench import run_benchmark
         from .io import load_classifier
@@ -234,8 +268,8 @@ class Pipeline:
 
     def run(self) -> Path:
         stages = [("teacher", self.run_teacher), ("general", self.run_general), ("convert", self.run_convert),
-                  ("distill", self.run_distill), ("export", self.run_export), ("robustness", self.run_robustness),
-                  ("bench", self.run_bench)]
+                  ("distill", self.run_distill), ("export", self.run_export), ("predict", self.run_predict),
+                  ("robustness", self.run_robustness), ("bench", self.run_bench)]
         if not self.settings.recipe.general_steps:
             stages.pop(1)
         with tqdm(total=len(stages), desc="mabert demo", unit="stage", position=0, dynamic_ncols=True) as bar:

@@ -171,3 +171,11 @@ def write_card(model_dir: str | Path, facts: dict) -> Path:
     with atomic_file(model_dir / "README.md") as tmp:
         tmp.write_text(build_card(facts), encoding="utf-8")
     return model_dir / "README.md"
+
+
+def add_metrics(model_dir: str | Path, entry: dict) -> Path:
+    """Record one evaluation ({task, split, examples, values[, long_text]}) in a directory's card, replacing an
+    earlier one of the same task and split."""
+    facts = read_facts(model_dir)
+    others = [m for m in facts.get("metrics", []) if (m["task"], m["split"]) != (entry["task"], entry["split"])]
+    return write_card(model_dir, {**facts, "metrics": others + [entry]})

@@ -86,6 +86,26 @@ def general_section(general: dict) -> list[str]:
             "| attention MSE | – | " + " | ".join(f"{e:.2e}" for e in errors["attention_mse"]) + " |"]
 
 
+def usage_section(out: Path, predict: dict) -> list[str]:
+    """How to use what the demo made: the export directory, its model cards, and the predict example's output."""
+    import csv
+
+    lines = ["", "## Use the student", "",
+             "`export/` is the deployable model (fused `model.onnx`, dynamic int8 `model_quantized.onnx`, config, "
+             "tokenizer); it loads with optimum's `ORTModelForSequenceClassification` and `transformers.pipeline` "
+             "(see its `README.md`, the model card; `teacher/model` and `student/model` have cards too). "
+             "Scoring a file:", "", "```", predict["command"], "```", ""]
+    texts = (out / "predict" / "examples.txt").read_text(encoding="utf-8").splitlines()
+    with open(out / "predict" / "predictions.csv", encoding="utf-8", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    lines += ["| line | text | label | probability |", "|---|---|---|---|"]
+    for row in rows:
+        text = texts[int(row["line"]) - 1]
+        text = (text[:77] + "…") if len(text) > 78 else text
+        lines.append(f"| {row['line']} | {text.replace('|', '/')} | {row['label']} | {float(row['score']):.3f} |")
+    return lines
+
+
 def robustness_section(robustness: dict) -> list[str]:
     """Held-out metrics per length bucket, then agreement with the teacher on text never distilled on."""
     lines = ["", "## What users meet", "", "Held-out examples by length (tokens), teacher / MA student:", "",
@@ -133,6 +153,8 @@ def write_report(out: Path, records: dict, settings: dict) -> Path:
                   " ".join(f"layer {i + 1}: {e:.2e}" for i, e in enumerate(errors))]
     if records.get("general"):
         lines += general_section(records["general"])
+    if records.get("predict", {}).get("command"):
+        lines += usage_section(out, records["predict"])
     if records.get("robustness"):
         lines += robustness_section(records["robustness"])
     if curves:
