@@ -15,6 +15,9 @@ CONFIGS = {
     "bert-masked-shared-relu-pooler": lambda: tiny_bert_config(softmax_mask_mode="masked", share_softmax_nn=True,
                                                                pooler_act="relu"),
     "distilbert-masked": lambda: tiny_distilbert_config(softmax_mask_mode="masked"),
+    "bert-relu-attention": lambda: tiny_bert_config(softmax_mask_mode="masked", attention_kind="relu",
+                                                    pooler_act="relu"),
+    "distilbert-relu-attention": lambda: tiny_distilbert_config(attention_kind="relu"),
 }
 
 

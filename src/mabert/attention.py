@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from .errors import MABertError
-from .softmax_approx import SoftmaxApproximator
+from .softmax_approx import ReLUAttention, SoftmaxApproximator
 
 
 def check_heads(width: int, num_heads: int) -> None:
@@ -18,7 +18,9 @@ def check_heads(width: int, num_heads: int) -> None:
         )
 
 
-def build_approximator(config) -> SoftmaxApproximator:
+def build_approximator(config) -> SoftmaxApproximator | ReLUAttention:
+    if getattr(config, "attention_kind", "approximator") == "relu":
+        return ReLUAttention(config.softmax_input_size)
     return SoftmaxApproximator(
         config.softmax_input_size, config.softmax_hidden_layer_size, config.softmax_mask_mode
     )

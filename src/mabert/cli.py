@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .argtypes import at_least
 from .errors import MABertError, Terminated, explain
+from .softmax_approx import ATTENTION_KINDS
 
 FFN_ACTIVATIONS = ("relu", "gelu", "gelu_new", "silu")
 
@@ -38,7 +39,8 @@ def _convert(args):
 
     overrides = {"softmax_mask_mode": args.mask_mode, "norm_type": args.norm, "share_softmax_nn": args.share_softmax,
                  "softmax_input_size": args.softmax_input_size, "softmax_hidden_layer_size": args.softmax_hidden_size,
-                 "ffn_hidden_act": args.ffn_act, "activation_bounds": not args.no_bounds}
+                 "ffn_hidden_act": args.ffn_act, "activation_bounds": not args.no_bounds,
+                 "attention_kind": args.attention}
     if args.head != "mlm":  # masked-LM models have no pooler
         overrides["pooler_act"] = args.pooler_act
     path = convert_to_dir(args.teacher, args.out_dir, head=args.head, num_labels=args.num_labels, **overrides)
@@ -92,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="relu (default) leaves no transcendental op; tanh keeps BERT's pooler as is")
     p.add_argument("--no-bounds", action="store_true",
                    help="no activation bounds (by default clamps calibrated after training keep outputs finite)")
+    p.add_argument("--attention", choices=ATTENTION_KINDS, default="approximator",
+                   help="approximator: the paper's softmax network (default); relu: ReLU(scores)/L, no parameters, "
+                        "cheaper at short lengths (blended in from softmax during KD)")
     p.set_defaults(func=_convert)
 
     p = verbs.add_parser("import-original", help="import a released MA-BERT/MA-DistilBERT .pt state dict")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from .argtypes import above, at_least, between, int_list
 from .errors import MABertError
+from .softmax_approx import ATTENTION_KINDS
 
 
 def _export(args):
@@ -52,7 +53,9 @@ def _demo(args):
         model_source(args.teacher)
         load_tokenizer(args.teacher)
     preset = DemoSettings.full if args.full else (DemoSettings.toy if args.toy else DemoSettings.default)
-    extra = {} if args.general_steps is None else {"general_steps": args.general_steps}
+    extra = {"attention_kind": args.attention}
+    if args.general_steps is not None:
+        extra["general_steps"] = args.general_steps
     settings = preset(teacher=args.teacher, task=args.task, data_dir=args.data, seed=args.seed, threads=args.threads,
                       **extra)
     Pipeline(args.out, settings, force=args.force).run()
@@ -297,6 +300,8 @@ def add_verbs(verbs) -> None:
     p.add_argument("--general-steps", type=at_least(0),
                    help="KD pre-training steps of a general MA model on bundled English before task KD "
                         "(default 0: the task teacher is converted; --full: 1000)")
+    p.add_argument("--attention", choices=ATTENTION_KINDS, default="approximator",
+                   help="the student's attention: the paper's approximator, or ReLU(scores)/L")
     p.add_argument("--threads", type=at_least(1), default=2)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_demo)

@@ -17,15 +17,21 @@ def _ma_settings(
     accumulation_step: int = 8,
     ffn_hidden_act: str = "relu",
     activation_bounds: bool = False,
+    attention_kind: str = "approximator",
 ) -> dict:
     """The MA technique settings, defaults as in the MA-BERT release, checked once for both configs.
     `activation_bounds` (not in the release) clamps every PowerNorm output and the logits at inference to ranges
-    calibrated on training data (`mabert.bounds`), so no input can make the model overflow."""
+    calibrated on training data (`mabert.bounds`), so no input can make the model overflow. `attention_kind`
+    "relu" (not in the release) uses ReLU(scores)/L instead of the approximator (`mabert.softmax_approx`)."""
     norm_type = str(norm_type).lower()
     if norm_type not in ("power", "layer"):
         raise ValueError(f"norm_type must be 'power' or 'layer', got {norm_type!r}")
     if softmax_mask_mode not in ("multiply", "masked"):
         raise ValueError(f"softmax_mask_mode must be 'multiply' or 'masked', got {softmax_mask_mode!r}")
+    if attention_kind not in ("approximator", "relu"):  # mabert.softmax_approx.ATTENTION_KINDS
+        raise ValueError(f"attention_kind must be 'approximator' or 'relu', got {attention_kind!r}")
+    if attention_kind == "relu" and share_softmax_nn:
+        raise ValueError("share_softmax_nn does not apply to attention_kind='relu' (it has no parameters to share)")
     return dict(
         use_softmax_approx=bool(use_softmax_approx),
         share_softmax_nn=bool(share_softmax_nn),
@@ -37,6 +43,7 @@ def _ma_settings(
         accumulation_step=int(accumulation_step),
         ffn_hidden_act=ffn_hidden_act,
         activation_bounds=bool(activation_bounds),
+        attention_kind=attention_kind,
     )
 
 

@@ -37,21 +37,21 @@ class DemoSettings:
     recipe: Recipe = field(default_factory=Recipe)
 
     @classmethod
-    def full(cls, seed: int = 0, general_steps: int = 1000, **kw):
+    def full(cls, seed: int = 0, general_steps: int = 1000, attention_kind: str = "approximator", **kw):
         return cls(train_limit=None, teacher_epochs=2.0, student_epochs=3.0, bench_repeats=30,
                    recipe=Recipe(seed=seed, general_steps=general_steps, joined_fraction=0.25,
-                                 unlabelled_passages=1600), **kw)
+                                 unlabelled_passages=1600, attention_kind=attention_kind), **kw)
 
     @classmethod
-    def toy(cls, seed: int = 0, general_steps: int = 4, **kw):
+    def toy(cls, seed: int = 0, general_steps: int = 4, attention_kind: str = "approximator", **kw):
         """A smoke run through every stage, the general model and augmentation included."""
         return cls(train_limit=64, eval_limit=64, teacher_epochs=1.0, student_epochs=1.0, bench_repeats=2,
                    recipe=Recipe(seed=seed, batch_size=16, fit_steps=20, general_steps=general_steps,
-                                 joined_fraction=0.25, unlabelled_passages=32), **kw)
+                                 joined_fraction=0.25, unlabelled_passages=32, attention_kind=attention_kind), **kw)
 
     @classmethod
-    def default(cls, seed: int = 0, general_steps: int = 0, **kw):
-        return cls(recipe=Recipe(seed=seed, general_steps=general_steps), **kw)
+    def default(cls, seed: int = 0, general_steps: int = 0, attention_kind: str = "approximator", **kw):
+        return cls(recipe=Recipe(seed=seed, general_steps=general_steps, attention_kind=attention_kind), **kw)
 
 
 def default_teacher() -> str:

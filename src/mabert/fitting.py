@@ -121,6 +121,8 @@ def fit_student_approximators(student: nn.Module, teacher_rows, steps: int = 400
     layers = [m for m in student.modules() if hasattr(m, "approximator") and hasattr(m, "_slot")]
     mapping = layer_map(len(layers), len(teacher_rows))
     approximators = [layer.approximator for layer in layers]
+    if not all(isinstance(a, SoftmaxApproximator) for a in approximators):
+        return []  # ReLU attention: nothing to fit
     if approximators and all(a is approximators[0] for a in approximators):
         rows = torch.cat([teacher_rows[t - 1][0] for t in mapping])
         keys = torch.cat([teacher_rows[t - 1][1] for t in mapping])

@@ -9,6 +9,7 @@ the norm folded into its rows. The embedding norm lands in the tables (its shift
 ranges over orders of magnitude: int8 versions of such a graph predicted one class.) In a bounded model each
 norm's clamp follows as hi − ReLU((hi − lo) − ReLU(h' − lo)) (`mabert.bounds`).
 
+ReLU attention (`attention_kind="relu"`) is ReLU(q·kᵀ)·(v/L), 1/L folded into the value projection.
 Attention with the approximator reassociates (S·W1ᵀ = Q·(W1·K)ᵀ, P·V = H·(W2ᵀ·V) + b2·V) when that is
 cheaper at the model's length L, so no T×T score matrix is ever formed.
 
@@ -25,6 +26,7 @@ from torch import nn
 from .bounds import ActivationBound, relu_clamp
 from .errors import MABertError
 from .powernorm import PowerNorm
+from .softmax_approx import ReLUAttention
 
 FOLD_TOLERANCE = 1e-9  # relative; float64 folds agree to ~1e-13
 
@@ -104,6 +106,17 @@ class FusedApproximator(nn.Module):
         return (torch.relu(scores @ w1.T + self.b1) @ w2.T + b2) @ v
 
 
+class FusedReLUAttention(nn.Module):
+    """ReLU attention: ReLU(q·(k ⊙ mask)ᵀ) · v, its 1/L folded into the value projection (`value_scale`)."""
+
+    def __init__(self, length: int):
+        super().__init__()
+        self.value_scale = 1.0 / length
+
+    def forward(self, q, k, v, keymask):
+        return torch.relu(q @ (k * keymask).transpose(-1, -2)) @ v
+
+
 class FusedLayer(nn.Module):
     """One encoder layer: r ← bound1(r ⊙ s1 + O·attention(r)); r ← bound2(r ⊙ s2 + W2·ReLU(W1·r))."""
 
@@ -116,7 +129,7 @@ class FusedLayer(nn.Module):
         self.num_heads = num_heads
         self.query = FusedLinear(*scale_linear(*as64(spec["q"]), head_dim ** -0.5), dtype)
         self.key = FusedLinear(*as64(spec["k"]), dtype)
-        self.value = FusedLinear(*as64(spec["v"]), dtype)
+        self.value = FusedLinear(*scale_linear(*as64(spec["v"]), getattr(approximator, "value_scale", 1.0)), dtype)
         self.attention_out = FusedLinear(*fold_norm_into_writer(*as64(spec["o"]), s1, t1), dtype)
         self.ffn_in = FusedLinear(*as64(spec["f1"]), dtype)
         self.ffn_out = FusedLinear(*fold_norm_into_writer(*as64(spec["f2"]), s2, t2), dtype)
@@ -162,10 +175,14 @@ class FusedMAModel(nn.Module):
         for spec in parts["layers"]:
             if not isinstance(spec["act"], nn.ReLU):
                 raise MABertError("fuse needs the ReLU feed-forward (ffn_hidden_act='relu')")
-            stack = spec["approx"].linear_relu_stack
-            if shared is None or shared[0] is not stack:  # a shared approximator is stored once
-                shared = (stack, FusedApproximator(stack, masked, reassociate, dtype))
-            layers.append(FusedLayer(spec, config.num_attention_heads, shared[1], dtype))
+            if isinstance(spec["approx"], ReLUAttention):
+                attention = FusedReLUAttention(spec["approx"].input_size)
+            else:
+                stack = spec["approx"].linear_relu_stack
+                if shared is None or shared[0] is not stack:  # a shared approximator is stored once
+                    shared = (stack, FusedApproximator(stack, masked, reassociate, dtype))
+                attention = shared[1]
+            layers.append(FusedLayer(spec, config.num_attention_heads, attention, dtype))
         self.layers = nn.ModuleList(layers)
         as64 = lambda linear: (linear.weight.detach().double(), linear.bias.detach().double())  # noqa: E731
         self.pooler = FusedLinear(*as64(parts["pool"]), dtype)

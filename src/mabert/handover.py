@@ -3,8 +3,9 @@
 Switching a converted student to PowerNorm and ReLU at once loses the teacher's representation: on MiniLM-L6 /
 Rotten Tomatoes the converted student predicts one class, and 200 KD steps at the specified loss do not undo it.
 Here each PowerNorm runs blended with a frozen LayerNorm holding the same initial weights, and each FFN ReLU with
-the original activation: out = (1−λ)·old(x) + λ·new(x), λ rising linearly from 0 to 1 over the first part of
-training. From then on the student is pure MA-BERT; `remove()` puts the plain modules back, so nothing of the
+the original activation, and ReLU attention (if chosen) with softmax: out = (1−λ)·old(x) + λ·new(x), λ rising
+linearly from 0 to 1 over the first part of training. (The approximator needs no blend: it is fitted to softmax
+before KD.) From then on the student is pure MA-BERT; `remove()` puts the plain modules back, so nothing of the
 blend is saved. Only PowerNorms still untrained (iters == 0) are handed over: an MA-trained model (e.g. a
 released checkpoint) is left as it is.
 """
@@ -14,6 +15,7 @@ from torch import nn
 from transformers.activations import ACT2FN
 
 from .powernorm import PowerNorm
+from .softmax_approx import MaskedSoftmax, ReLUAttention
 
 # FFN activation attribute of each block type: BertIntermediate (MA-BERT) and FFN (MA-DistilBERT)
 _FFN_ACTIVATION_ATTRS = {"BertIntermediate": "intermediate_act_fn", "FFN": "activation"}
@@ -25,14 +27,14 @@ class _Blend(nn.Module):
         self.old, self.new = old, new
         self._schedule = [schedule]  # a list: not registered as a submodule
 
-    def forward(self, x):
+    def forward(self, *inputs):
         lam = self._schedule[0].lam
         if lam >= 1.0:
-            return self.new(x)
+            return self.new(*inputs)
         if lam <= 0.0 and not self.training:
-            return self.old(x)
+            return self.old(*inputs)
         # in training the new branch always runs, so PowerNorm statistics warm up from the first step
-        return (1.0 - lam) * self.old(x) + lam * self.new(x)
+        return (1.0 - lam) * self.old(*inputs) + lam * self.new(*inputs)
 
 
 def _layer_norm_like(norm: PowerNorm) -> nn.LayerNorm:
@@ -64,6 +66,8 @@ class HandOver:
             for name, child in list(parent.named_children()):
                 if isinstance(child, PowerNorm):
                     self._install(parent, name, _Blend(_layer_norm_like(child), child, self))
+                elif isinstance(child, ReLUAttention):
+                    self._install(parent, name, _Blend(MaskedSoftmax(), child, self))
             attr = _FFN_ACTIVATION_ATTRS.get(type(parent).__name__)
             if swap_activation and attr and hasattr(parent, attr):
                 self._install(parent, attr, _Blend(ACT2FN[old_act], getattr(parent, attr), self))

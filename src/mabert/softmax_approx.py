@@ -1,10 +1,12 @@
-"""Technique 1: a 2-layer ReLU network that stands in for softmax on each attention-score row."""
+"""Technique 1: a 2-layer ReLU network that stands in for softmax on each attention-score row; and, as an option
+beyond the paper, ReLU attention (ReLU(scores) / L), which has no parameters."""
 from __future__ import annotations
 
 import torch
 from torch import nn
 
 MASK_MODES = ("multiply", "masked")
+ATTENTION_KINDS = ("approximator", "relu")
 
 
 class SoftmaxApproximator(nn.Module):
@@ -52,3 +54,32 @@ class SoftmaxApproximator(nn.Module):
         if self.mask_mode == "masked" and key_mask is not None:
             probs = probs * key_mask
         return probs
+
+
+class ReLUAttention(nn.Module):
+    """ReLU(scores) / L: attention weights from matrix arithmetic and ReLU with no network at all (an option beyond
+    the paper; reported to match softmax in vision transformers). Padded keys get weight 0 (scores × 0/1 mask, then
+    ReLU(0) = 0), so a sequence gives the same result padded or not. The divisor is the constant L, not the row's
+    length, so that inference stays matrix arithmetic; the model learns the scale in KD. Per row it costs T·d
+    multiply-adds where the approximator costs about 2·h·d, so it is cheaper whenever T < 2h."""
+
+    def __init__(self, input_size: int = 128):
+        super().__init__()
+        self.input_size = input_size
+
+    def forward(self, scores: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if scores.shape[-1] > self.input_size:
+            raise ValueError(f"sequence length {scores.shape[-1]} exceeds this model's length L = {self.input_size}; "
+                             f"truncate inputs to {self.input_size} tokens")
+        if key_mask is not None:
+            scores = scores * key_mask
+        return torch.relu(scores) / self.input_size
+
+
+class MaskedSoftmax(nn.Module):
+    """Softmax over the real keys: what ReLU attention replaces, blended out during the KD hand-over."""
+
+    def forward(self, scores: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if key_mask is not None:
+            scores = scores.masked_fill(key_mask == 0, torch.finfo(scores.dtype).min)
+        return torch.softmax(scores, dim=-1)
