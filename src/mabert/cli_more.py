@@ -11,6 +11,7 @@ def _export(args):
     from .export import audit, export_model_dir, export_onnx, format_audit
     from .fuse import fuse
     from .io import load_classifier
+    from .registry import is_ma
 
     if Path(args.out).suffix != ".onnx":
         facts = export_model_dir(args.model, args.out, fuse_model=not args.no_fuse, int8=args.int8, opset=args.opset)
@@ -24,8 +25,7 @@ def _export(args):
     if args.int8:
         raise MABertError("--int8 writes model_quantized.onnx beside model.onnx: give an output directory, not a file")
     model = load_classifier(args.model)
-    is_ma = getattr(model.config, "model_type", "").startswith("ma-")
-    target = fuse(model) if is_ma and not args.no_fuse else model
+    target = fuse(model) if is_ma(model) and not args.no_fuse else model
     path = export_onnx(target, args.out, opset=args.opset)
     print(f"wrote {path} ({'fused MA' if target is not model else type(model).__name__})")
     if args.audit:
