@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .choices import MASK_MASKED, POOLER_RELU
 from .io import atomic_file
 
 SHAPES = {
@@ -30,7 +31,7 @@ def random_pair(shape: str, seed: int = 0):
 
     torch.manual_seed(seed)
     teacher = BertForSequenceClassification(BertConfig(**SHAPES[shape], num_labels=2)).eval()
-    student = convert(teacher, softmax_mask_mode="masked", pooler_act="relu", approximator_init_steps=50)
+    student = convert(teacher, softmax_mask_mode=MASK_MASKED, pooler_act=POOLER_RELU, approximator_init_steps=50)
     return teacher, student
 
 

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import torch
 
-from .configuration import MABertConfig, MADistilBertConfig
+from .choices import HEAD_BASE, HEAD_MLM, HEAD_SEQCLS, NORM_LAYER, NORM_POWER
 from .errors import MABertError
 from .models import ma_model_class
+from .registry import FAMILIES, Family
 
 # Original config field → mabert config field, for the fields whose names differ.
 _ORIGINAL_FIELD_NAMES = {
@@ -22,7 +23,9 @@ _ORIGINAL_FIELDS_KEPT = {
     "hidden_act", "activation", "pad_token_id", "id2label", "label2id", "norm_type", "hidden_dropout_prob",
     "attention_probs_dropout_prob", "dropout", "attention_dropout", "sinusoidal_pos_embds",
 }
-_LAYER_SOFTMAX = re.compile(r"^(bert\.encoder\.layer|distilbert\.transformer\.layer)\.\d+\.attention\.(self\.)?softmax\.")
+# a per-layer approximator's keys: <encoder>.<layers>.N.<attention>.softmax.*
+_LAYER_SOFTMAX = re.compile("^(" + "|".join(re.escape(f.state_key(f.layers)) + r"\.\d+\." + re.escape(f.attention)
+                                             for f in FAMILIES) + r")\.softmax\.")
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -65,29 +68,26 @@ def _original_config(path: str | Path | None) -> dict:
     return out
 
 
-def _detect(state: dict[str, torch.Tensor]) -> tuple[str, str]:
+def _detect(state: dict[str, torch.Tensor]) -> tuple[Family, str]:
     """(family, head) from key names."""
-    if any(k.startswith("bert.") for k in state):
-        family = "bert"
-    elif any(k.startswith("distilbert.") for k in state):
-        family = "distilbert"
-    else:
+    family = next((f for f in FAMILIES if any(k.startswith(f.base + ".") for k in state)), None)
+    if family is None:
         sample = next(iter(state))
+        prefixes = " nor ".join(repr(f.base + ".") for f in FAMILIES)
         raise MABertError(
-            f"not an MA-BERT or MA-DistilBERT checkpoint: keys start with neither 'bert.' nor 'distilbert.' "
-            f"(first key {sample!r})"
+            f"not an MA-BERT or MA-DistilBERT checkpoint: keys start with neither {prefixes} (first key {sample!r})"
         )
     if not any(".softmax." in k or "running_phi" in k for k in state):
         raise MABertError(
             "this state dict has no softmax approximator and no PowerNorm, so it is a plain "
-            f"{family.upper()} checkpoint; build an MA student from it with `mabert convert` instead"
+            f"{family.name.upper()} checkpoint; build an MA student from it with `mabert convert` instead"
         )
-    if "classifier.weight" in state:
-        head = "seqcls"
-    elif "cls.predictions.decoder.weight" in state or "vocab_projector.weight" in state:
-        head = "mlm"
+    if family.classifier + ".weight" in state:
+        head = HEAD_SEQCLS
+    elif any(f.mlm_decoder + ".weight" in state for f in FAMILIES):
+        head = HEAD_MLM
     else:
-        head = "base"
+        head = HEAD_BASE
     return family, head
 
 
@@ -111,58 +111,44 @@ def _merge_shared_softmax(state: dict[str, torch.Tensor], prefix: str) -> bool:
     return True
 
 
-# Where each family keeps what the config is read from, and what the config calls it.
-_FAMILY = {
-    "bert": dict(
-        config=MABertConfig, layer=r"bert\.encoder\.layer\.(\d+)\.", word="bert.embeddings.word_embeddings.weight",
-        position="bert.embeddings.position_embeddings.weight", ffn="bert.encoder.layer.0.intermediate.dense.weight",
-        layer_softmax="bert.encoder.layer.0.attention.self.softmax.", decoder="cls.predictions.decoder.weight",
-        names=dict(hidden="hidden_size", layers="num_hidden_layers", ffn="intermediate_size", heads="num_attention_heads"),
-    ),
-    "distilbert": dict(
-        config=MADistilBertConfig, layer=r"distilbert\.transformer\.layer\.(\d+)\.",
-        word="distilbert.embeddings.word_embeddings.weight",
-        position="distilbert.embeddings.position_embeddings.weight", ffn="distilbert.transformer.layer.0.ffn.lin1.weight",
-        layer_softmax="distilbert.transformer.layer.0.attention.softmax.", decoder="vocab_projector.weight",
-        names=dict(hidden="dim", layers="n_layers", ffn="hidden_dim", heads="n_heads"),
-    ),
-}
-
-
-def _infer_config(family: str, state, head: str, overrides: dict):
-    """Sizes from tensor shapes; the rest from overrides or the original defaults."""
-    spec, prefix = _FAMILY[family], family + "."
-    names = spec["names"]
-    vocab, hidden = _shape(state, spec["word"])
-    shared_key = prefix + "softmax.linear_relu_stack.0.weight"
-    approx_key = shared_key if shared_key in state else spec["layer_softmax"] + "linear_relu_stack.0.weight"
+def _infer_config(family: Family, state, head: str, overrides: dict):
+    """Sizes from tensor shapes (at the keys mabert.registry names); the rest from overrides or the original
+    defaults."""
+    names = family.config
+    embeddings = family.state_key(family.embeddings)
+    word = f"{embeddings}.{family.word}.weight"
+    vocab, hidden = _shape(state, word)
+    shared_key = family.state_key("softmax.linear_relu_stack.0.weight")
+    approx_key = (shared_key if shared_key in state
+                  else family.layer_key(0, family.attention, "softmax.linear_relu_stack.0.weight"))
+    layer = re.compile(re.escape(family.state_key(family.layers)) + r"\.(\d+)\.")
     settings = {
         "vocab_size": vocab,
-        names["hidden"]: hidden,
-        names["layers"]: 1 + max(int(m.group(1)) for k in state if (m := re.match(spec["layer"], k))),
-        names["ffn"]: _shape(state, spec["ffn"])[0],
-        "max_position_embeddings": _shape(state, spec["position"])[0],
-        "norm_type": "power" if prefix + "embeddings.LayerNorm.running_phi" in state else "layer",
+        names.hidden: hidden,
+        names.layers: 1 + max(int(m.group(1)) for k in state if (m := layer.match(k))),
+        names.ffn: _shape(state, family.layer_key(0, family.ffn_in, "weight"))[0],
+        "max_position_embeddings": _shape(state, f"{embeddings}.{family.position}.weight")[0],
+        "norm_type": NORM_POWER if f"{embeddings}.{family.embedding_norm}.running_phi" in state else NORM_LAYER,
         "use_softmax_approx": approx_key in state,
         "share_softmax_nn": shared_key in state,
         "ffn_hidden_act": "relu",
         # not in the release: state dicts of mabert's own bounded models (mabert.bounds) carry their clamps
         "activation_bounds": any(k.endswith("bound.low") for k in state),
     }
-    if family == "bert":
-        settings["type_vocab_size"] = _shape(state, "bert.embeddings.token_type_embeddings.weight")[0]
+    if family.token_type is not None:
+        settings["type_vocab_size"] = _shape(state, f"{embeddings}.{family.token_type}.weight")[0]
     if approx_key in state:
         settings["softmax_hidden_layer_size"], settings["softmax_input_size"] = state[approx_key].shape
-    if head == "seqcls":
-        settings["num_labels"] = _shape(state, "classifier.weight")[0]
-    if head == "mlm":
-        settings["tie_word_embeddings"] = torch.equal(state[spec["decoder"]], state[spec["word"]])
+    if head == HEAD_SEQCLS:
+        settings["num_labels"] = _shape(state, family.classifier + ".weight")[0]
+    if head == HEAD_MLM:
+        settings["tie_word_embeddings"] = torch.equal(state[family.mlm_decoder + ".weight"], state[word])
     overrides = dict(overrides)
-    for alias in ("num_attention_heads", "n_heads"):  # accept either spelling of the head count
-        if alias in overrides and alias != names["heads"]:
-            overrides.setdefault(names["heads"], overrides.pop(alias))
+    for alias in {f.config.heads for f in FAMILIES}:  # accept either spelling of the head count
+        if alias in overrides and alias != names.heads:
+            overrides.setdefault(names.heads, overrides.pop(alias))
     settings.update(overrides)
-    return spec["config"](**settings)
+    return family.ma_config_class()(**settings)
 
 
 def from_original_checkpoint(path, original_config=None, save_to=None, tokenizer=None, **config_overrides):
@@ -177,14 +163,14 @@ def from_original_checkpoint(path, original_config=None, save_to=None, tokenizer
     original = _original_config(original_config)
     state = read_state_dict(path)
     family, head = _detect(state)
-    prefix = "bert." if family == "bert" else "distilbert."
+    prefix = family.base + "."
     for buffer in ("embeddings.position_ids", "embeddings.token_type_ids"):
         state.pop(prefix + buffer, None)
     _merge_shared_softmax(state, prefix)
     overrides = {**original, **config_overrides}
     config = _infer_config(family, state, head, overrides)
     model = ma_model_class(config.model_type, head)(config)
-    if head == "base":  # bare encoders are saved without the family prefix
+    if head == HEAD_BASE:  # bare encoders are saved without the family prefix
         state = {k[len(prefix):]: v for k, v in state.items()}
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)

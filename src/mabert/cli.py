@@ -12,10 +12,21 @@ import traceback
 from pathlib import Path
 
 from .argtypes import at_least
+from .choices import (
+    ATTENTION_APPROXIMATOR,
+    ATTENTION_KINDS,
+    FFN_ACTIVATIONS,
+    FFN_RELU,
+    HEAD_MLM,
+    HEADS,
+    MASK_MASKED,
+    MASK_MODES,
+    NORM_POWER,
+    NORM_TYPES,
+    POOLER_ACTIVATIONS,
+    POOLER_RELU,
+)
 from .errors import MABertError, Terminated, explain
-from .softmax_approx import ATTENTION_KINDS
-
-FFN_ACTIVATIONS = ("relu", "gelu", "gelu_new", "silu")
 
 # Where each verb writes and what it reads, for the output guard. "dir": a folder written whole, replacing any
 # earlier one at the end; "run": a folder a run fills as it goes (checkpoints, stage records); "file": one file.
@@ -41,7 +52,7 @@ def _convert(args):
                  "softmax_input_size": args.softmax_input_size, "softmax_hidden_layer_size": args.softmax_hidden_size,
                  "ffn_hidden_act": args.ffn_act, "activation_bounds": not args.no_bounds,
                  "attention_kind": args.attention}
-    if args.head != "mlm":  # masked-LM models have no pooler
+    if args.head != HEAD_MLM:  # masked-LM models have no pooler
         overrides["pooler_act"] = args.pooler_act
     path = convert_to_dir(args.teacher, args.out_dir, head=args.head, num_labels=args.num_labels, **overrides)
     print(f"wrote MA student to {path}")
@@ -81,20 +92,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("convert", help="build an MA student from a BERT/DistilBERT teacher (path or hub id)")
     p.add_argument("teacher")
     p.add_argument("out_dir")
-    p.add_argument("--head", choices=["seqcls", "mlm", "base"])
+    p.add_argument("--head", choices=HEADS)
     p.add_argument("--num-labels", type=at_least(1))
-    p.add_argument("--mask-mode", choices=["multiply", "masked"], default="masked",
+    p.add_argument("--mask-mode", choices=MASK_MODES, default=MASK_MASKED,
                    help="masked: any length ≤ L, padding-independent; multiply: the original rule")
-    p.add_argument("--norm", choices=["power", "layer"], default="power")
+    p.add_argument("--norm", choices=NORM_TYPES, default=NORM_POWER)
     p.add_argument("--share-softmax", action="store_true")
     p.add_argument("--softmax-input-size", type=at_least(1), default=128)
     p.add_argument("--softmax-hidden-size", type=at_least(1), default=128)
-    p.add_argument("--ffn-act", choices=FFN_ACTIVATIONS, default="relu")
-    p.add_argument("--pooler-act", choices=["tanh", "relu", "identity"], default="relu",
+    p.add_argument("--ffn-act", choices=FFN_ACTIVATIONS, default=FFN_RELU)
+    p.add_argument("--pooler-act", choices=POOLER_ACTIVATIONS, default=POOLER_RELU,
                    help="relu (default) leaves no transcendental op; tanh keeps BERT's pooler as is")
     p.add_argument("--no-bounds", action="store_true",
                    help="no activation bounds (by default clamps calibrated after training keep outputs finite)")
-    p.add_argument("--attention", choices=ATTENTION_KINDS, default="approximator",
+    p.add_argument("--attention", choices=ATTENTION_KINDS, default=ATTENTION_APPROXIMATOR,
                    help="approximator: the paper's softmax network (default); relu: ReLU(scores)/L, no parameters, "
                         "cheaper at short lengths (blended in from softmax during KD)")
     p.set_defaults(func=_convert)
@@ -147,7 +158,7 @@ def _claim_output(args) -> tuple[Path | None, str | None]:
     target = claim_output(getattr(args, attribute), inputs=_inputs(args, inputs), directory=kind != "file",
                           overwrite=getattr(args, "overwrite", False),
                           reuse=getattr(args, "resume", False) or args.verb == "demo",
-                          alternatives=", or --resume to continue it" if hasattr(args, "resume") else "")
+                          alternatives=", or --resume to continue it" if getattr(args, "resume", None) is not None else "")
     return target, kind
 
 
@@ -203,7 +214,7 @@ def _close_progress_bars() -> None:
 
 def _interrupted(args, name: str) -> str:
     checkpoint = Path(getattr(args, "out", None) or ".") / "checkpoint" / "state.json"
-    after = ("; the last checkpoint is intact: continue with --resume" if hasattr(args, "resume")
+    after = ("; the last checkpoint is intact: continue with --resume" if getattr(args, "resume", None) is not None
              and checkpoint.exists() else "; nothing half-written was left")
     return f"mabert {args.verb}: interrupted by {name}{after}"
 

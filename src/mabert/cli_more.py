@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 from .argtypes import above, at_least, between, int_list
+from .choices import ATTENTION_APPROXIMATOR, ATTENTION_KINDS
 from .errors import MABertError
-from .softmax_approx import ATTENTION_KINDS
 
 
 def _export(args):
@@ -12,6 +12,7 @@ def _export(args):
     from .export import audit, export_model_dir, export_onnx, format_audit
     from .fuse import fuse
     from .io import load_classifier
+    from .registry import is_ma
 
     if Path(args.out).suffix != ".onnx":
         facts = export_model_dir(args.model, args.out, fuse_model=not args.no_fuse, int8=args.int8, opset=args.opset)
@@ -25,8 +26,7 @@ def _export(args):
     if args.int8:
         raise MABertError("--int8 writes model_quantized.onnx beside model.onnx: give an output directory, not a file")
     model = load_classifier(args.model)
-    is_ma = getattr(model.config, "model_type", "").startswith("ma-")
-    target = fuse(model) if is_ma and not args.no_fuse else model
+    target = fuse(model) if is_ma(model) and not args.no_fuse else model
     path = export_onnx(target, args.out, opset=args.opset)
     print(f"wrote {path} ({'fused MA' if target is not model else type(model).__name__})")
     if args.audit:
@@ -300,7 +300,7 @@ def add_verbs(verbs) -> None:
     p.add_argument("--general-steps", type=at_least(0),
                    help="KD pre-training steps of a general MA model on bundled English before task KD "
                         "(default 0: the task teacher is converted; --full: 1000)")
-    p.add_argument("--attention", choices=ATTENTION_KINDS, default="approximator",
+    p.add_argument("--attention", choices=ATTENTION_KINDS, default=ATTENTION_APPROXIMATOR,
                    help="the student's attention: the paper's approximator, or ReLU(scores)/L")
     p.add_argument("--threads", type=at_least(1), default=2)
     p.add_argument("--seed", type=int, default=0)

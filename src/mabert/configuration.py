@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from transformers import BertConfig, DistilBertConfig
 
-POOLER_ACTIVATIONS = ("tanh", "relu", "identity")
+from .choices import (ATTENTION_APPROXIMATOR, ATTENTION_KINDS, ATTENTION_RELU, FFN_RELU, MASK_MODES, MASK_MULTIPLY,
+                      NORM_POWER, NORM_TYPES, POOLER_ACTIVATIONS, POOLER_TANH)
+from .registry import BERT, DISTILBERT
 
 
 def _ma_settings(
@@ -11,26 +13,26 @@ def _ma_settings(
     share_softmax_nn: bool = False,
     softmax_input_size: int = 128,
     softmax_hidden_layer_size: int = 128,
-    softmax_mask_mode: str = "multiply",
-    norm_type: str = "power",
+    softmax_mask_mode: str = MASK_MULTIPLY,
+    norm_type: str = NORM_POWER,
     warmup_updates: int = 997120,
     accumulation_step: int = 8,
-    ffn_hidden_act: str = "relu",
+    ffn_hidden_act: str = FFN_RELU,
     activation_bounds: bool = False,
-    attention_kind: str = "approximator",
+    attention_kind: str = ATTENTION_APPROXIMATOR,
 ) -> dict:
     """The MA technique settings, defaults as in the MA-BERT release, checked once for both configs.
     `activation_bounds` (not in the release) clamps every PowerNorm output and the logits at inference to ranges
     calibrated on training data (`mabert.bounds`), so no input can make the model overflow. `attention_kind`
     "relu" (not in the release) uses ReLU(scores)/L instead of the approximator (`mabert.softmax_approx`)."""
     norm_type = str(norm_type).lower()
-    if norm_type not in ("power", "layer"):
-        raise ValueError(f"norm_type must be 'power' or 'layer', got {norm_type!r}")
-    if softmax_mask_mode not in ("multiply", "masked"):
-        raise ValueError(f"softmax_mask_mode must be 'multiply' or 'masked', got {softmax_mask_mode!r}")
-    if attention_kind not in ("approximator", "relu"):  # mabert.softmax_approx.ATTENTION_KINDS
-        raise ValueError(f"attention_kind must be 'approximator' or 'relu', got {attention_kind!r}")
-    if attention_kind == "relu" and share_softmax_nn:
+    if norm_type not in NORM_TYPES:
+        raise ValueError(f"norm_type must be one of {NORM_TYPES}, got {norm_type!r}")
+    if softmax_mask_mode not in MASK_MODES:
+        raise ValueError(f"softmax_mask_mode must be one of {MASK_MODES}, got {softmax_mask_mode!r}")
+    if attention_kind not in ATTENTION_KINDS:
+        raise ValueError(f"attention_kind must be one of {ATTENTION_KINDS}, got {attention_kind!r}")
+    if attention_kind == ATTENTION_RELU and share_softmax_nn:
         raise ValueError("share_softmax_nn does not apply to attention_kind='relu' (it has no parameters to share)")
     return dict(
         use_softmax_approx=bool(use_softmax_approx),
@@ -63,9 +65,9 @@ class MABertConfig(BertConfig):
     pooler with no transcendental function.
     """
 
-    model_type = "ma-bert"
+    model_type = BERT.ma_model_type
 
-    def __init__(self, pooler_act: str = "tanh", **kwargs):
+    def __init__(self, pooler_act: str = POOLER_TANH, **kwargs):
         ma = _ma_settings(**_split_ma_kwargs(kwargs))
         if pooler_act not in POOLER_ACTIVATIONS:
             raise ValueError(f"pooler_act must be one of {POOLER_ACTIVATIONS}, got {pooler_act!r}")
@@ -78,7 +80,7 @@ class MABertConfig(BertConfig):
 class MADistilBertConfig(DistilBertConfig):
     """DistilBertConfig plus the MA switches. `activation` stays the MLM head's activation."""
 
-    model_type = "ma-distilbert"
+    model_type = DISTILBERT.ma_model_type
 
     def __init__(self, layer_norm_eps: float = 1e-12, **kwargs):
         ma = _ma_settings(**_split_ma_kwargs(kwargs))

@@ -7,23 +7,20 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification
 
-from .configuration import MABertConfig, MADistilBertConfig
+from .choices import HEAD_BASE, HEAD_MLM, HEAD_SEQCLS, HEADS
 from .errors import MABertError
 from .fitting import init_approximator
-from .models import HEADS, ma_model_class
+from .models import ma_model_class
 from .powernorm import PowerNorm
+from .registry import FAMILIES, family_of, find_family, head_of, is_ma
 from .softmax_approx import SoftmaxApproximator
 
-_AUTO = {"seqcls": AutoModelForSequenceClassification, "mlm": AutoModelForMaskedLM, "base": AutoModel}
+_AUTO = {HEAD_SEQCLS: AutoModelForSequenceClassification, HEAD_MLM: AutoModelForMaskedLM, HEAD_BASE: AutoModel}
 
 
 def _infer_head(config) -> str:
-    names = " ".join(config.architectures or [])
-    if "SequenceClassification" in names:
-        return "seqcls"
-    if "MaskedLM" in names or "PreTraining" in names:
-        return "mlm"
-    return "base"
+    """The head a teacher config names; a pre-training checkpoint converts to a masked-LM student."""
+    return head_of(config, pretraining_is_mlm=True)
 
 
 def load_teacher(model_or_path, head: str | None = None, **load_kwargs):
@@ -40,8 +37,9 @@ def load_teacher(model_or_path, head: str | None = None, **load_kwargs):
             f"cannot load teacher {str(model_or_path)!r}: {str(exc).splitlines()[0]} "
             "(give a local model directory, or a hub id with network access)"
         ) from None
-    if config.model_type not in ("bert", "distilbert"):
-        raise MABertError(f"teacher is a {config.model_type!r} model; mabert converts BERT and DistilBERT only")
+    if find_family(config) is None or is_ma(config):
+        plain = " and ".join(family.name for family in FAMILIES)
+        raise MABertError(f"teacher is a {config.model_type!r} model; mabert converts {plain} models only")
     head = head or _infer_head(config)
     return from_pretrained(_AUTO[head], source, **load_kwargs)
 
@@ -50,22 +48,19 @@ def _student_config(teacher_config, overrides: dict):
     base = teacher_config.to_dict()
     for key in ("model_type", "architectures", "transformers_version", "_name_or_path", "auto_map"):
         base.pop(key, None)
-    if teacher_config.model_type == "bert":
-        base.setdefault("hidden_act", "gelu")  # MLM head keeps the teacher's activation
-        return MABertConfig(**{**base, **overrides})
-    base["activation"] = teacher_config.activation
-    return MADistilBertConfig(**{**base, **overrides})
+    family = family_of(teacher_config)
+    # the MLM head keeps the teacher's activation (the encoder FFN's is `ffn_hidden_act`)
+    base[family.config.activation] = getattr(teacher_config, family.config.activation, "gelu")
+    return family.ma_config_class()(**{**base, **overrides})
 
 
 def _teacher_head(teacher: nn.Module) -> str:
-    name = type(teacher).__name__
-    if "SequenceClassification" in name:
-        return "seqcls"
-    if "MaskedLM" in name:
-        return "mlm"
-    if name in ("BertModel", "DistilBertModel"):
-        return "base"
-    raise MABertError(f"cannot convert a {name}; use a BERT/DistilBERT base, masked-LM or sequence-classification model")
+    family_of(teacher)  # a model of another family is refused here, in one line
+    head = head_of(teacher)
+    if head == HEAD_BASE and teacher.base_model is not teacher:  # a head mabert has no MA version of
+        raise MABertError(f"cannot convert a {type(teacher).__name__}; use a BERT/DistilBERT base, masked-LM or "
+                          "sequence-classification model")
+    return head
 
 
 def convert(model_or_path, head: str | None = None, num_labels: int | None = None, approximator_init_steps: int = 300,
@@ -95,7 +90,7 @@ def convert(model_or_path, head: str | None = None, num_labels: int | None = Non
     if head != teacher_head:
         # e.g. a bare BertModel teacher for a classification student: its keys lack the family prefix
         prefix = student.base_model_prefix + "."
-        if teacher_head == "base":
+        if teacher_head == HEAD_BASE:
             source = {prefix + k: v for k, v in source.items()}
     target = student.state_dict()
     copied = {k: v for k, v in source.items() if k in target and target[k].shape == v.shape}
@@ -120,7 +115,7 @@ def student_from_general(general, teacher: nn.Module, seed: int = 0, **config_ov
     from transformers import AutoConfig
 
     teacher_head = _teacher_head(teacher)
-    if teacher_head != "seqcls":
+    if teacher_head != HEAD_SEQCLS:
         raise MABertError("student_from_general needs a sequence-classification teacher (the task head is copied)")
     if isinstance(general, nn.Module):
         encoder_state, config = general.state_dict(), general.config.to_dict()
@@ -131,9 +126,9 @@ def student_from_general(general, teacher: nn.Module, seed: int = 0, **config_ov
         config.pop(key, None)
     config.update(num_labels=teacher.config.num_labels, id2label=teacher.config.id2label,
                   label2id=teacher.config.label2id, problem_type=teacher.config.problem_type, **config_overrides)
-    config_class = MABertConfig if config.pop("model_type") == "ma-bert" else MADistilBertConfig
+    config_class = family_of(config.pop("model_type")).ma_config_class()
     torch.manual_seed(seed)
-    student = ma_model_class(config_class.model_type, "seqcls")(config_class(**config))
+    student = ma_model_class(config_class.model_type, HEAD_SEQCLS)(config_class(**config))
     prefix = student.base_model_prefix + "."
     encoder_state = {k if k.startswith(prefix) else prefix + k: v for k, v in encoder_state.items()}
     head = {k: v for k, v in teacher.state_dict().items() if not k.startswith(prefix)}
@@ -154,10 +149,10 @@ def load_task_student(path, teacher: nn.Module, seed: int = 0):
     from .io import load_classifier
 
     try:
-        architectures = AutoConfig.from_pretrained(str(path)).architectures or []
+        config = AutoConfig.from_pretrained(str(path))
     except (OSError, ValueError) as exc:
         raise MABertError(f"cannot read the student config in {str(path)!r}: {str(exc).splitlines()[0][:160]}") from None
-    if any(a.endswith("ForSequenceClassification") for a in architectures):
+    if head_of(config) == HEAD_SEQCLS:
         return load_classifier(path)
     return student_from_general(path, teacher, seed=seed)
 

@@ -7,15 +7,14 @@ import torch
 
 from .errors import MABertError
 from .metrics import compute_metrics
+from .registry import model_input_names
 
 LENGTH_EDGES = (32, 64, 128)  # token-length buckets: ≤32, 33–64, 65–128
 
 
 def _inputs(model, batch) -> dict:
-    names = ["input_ids", "attention_mask"]
-    if "token_type_ids" in batch and "distilbert" not in getattr(model.config, "model_type", ""):
-        names.append("token_type_ids")
-    return {k: batch[k] for k in names}
+    """The entries of `batch` the model takes (mabert.registry: DistilBERT has no token_type_ids)."""
+    return {k: batch[k] for k in model_input_names(model) if k in batch}
 
 
 @torch.no_grad()

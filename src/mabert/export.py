@@ -151,10 +151,6 @@ def onnx_feed(session, input_ids, attention_mask, token_type_ids=None) -> dict:
     return {i.name: arrays[i.name] for i in session.get_inputs()}
 
 
-_BASE_FAMILY = {"ma-bert": ("bert", "BertForSequenceClassification"),
-                "ma-distilbert": ("distilbert", "DistilBertForSequenceClassification")}
-
-
 def export_model_dir(model_dir: str | Path, out_dir: str | Path, fuse_model: bool = True, int8: bool = False,
                      opset: int = 17) -> dict:
     """`mabert export MODEL DIR`: a directory that optimum's ORTModelForSequenceClassification and
@@ -171,6 +167,7 @@ def export_model_dir(model_dir: str | Path, out_dir: str | Path, fuse_model: boo
     from .longtext import max_length_of
     from .modelcard import build_card, read_facts
     from .quantize import quantize_dynamic_int8
+    from .registry import family_of, is_ma
 
     model = load_classifier(model_dir)
     try:
@@ -178,17 +175,17 @@ def export_model_dir(model_dir: str | Path, out_dir: str | Path, fuse_model: boo
     except (OSError, ValueError, TypeError):  # TypeError: a registered tokenizer class without its vocab file
         raise MABertError(f"{model_dir} has no tokenizer files, which an export directory needs; save the tokenizer "
                           "there, or export to a single .onnx file") from None
-    is_ma = model.config.model_type in _BASE_FAMILY
     target, fusion = model, {}
-    if is_ma and fuse_model:
+    if is_ma(model) and fuse_model:
         fold_error = check_fold(model)
         target = fuse(model, check=False)
         lengths = sorted({min(16, model.config.softmax_input_size), model.config.softmax_input_size})
         fusion = {"fold_error": fold_error,
                   "parity": fp32_deviation(model, target, [parity_inputs(model.config, length=n) for n in lengths])}
     config = model.config.to_dict()
-    config["model_type"], config["architectures"] = _BASE_FAMILY.get(
-        config["model_type"], (config["model_type"], config.get("architectures")))
+    if is_ma(model):  # the plain family's type and classifier (mabert.registry)
+        family = family_of(model)
+        config["model_type"], config["architectures"] = family.name, family.seqcls_architecture
     # pipeline(..., truncation=True) then cuts inputs to what the graph accepts
     tokenizer.model_max_length = max_length_of(model.config, min(tokenizer.model_max_length,
                                                                  model.config.max_position_embeddings))

@@ -4,9 +4,11 @@ from __future__ import annotations
 from torch import nn
 from transformers.activations import ACT2FN
 
+from .choices import FFN_ACTIVATIONS
+
 
 def feedforward_activation(name: str) -> nn.Module:
     """The activation module for an encoder FFN; "relu" is the MA-BERT choice."""
     if name not in ACT2FN:
-        raise ValueError(f"unknown FFN activation {name!r}; use one of: relu, gelu, gelu_new, silu")
+        raise ValueError(f"unknown FFN activation {name!r}; use one of: {', '.join(FFN_ACTIVATIONS)}")
     return ACT2FN[name]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .registry import layer_parts
 from .softmax_approx import SoftmaxApproximator
 
 
@@ -56,13 +57,7 @@ def init_approximator(approximator: SoftmaxApproximator, steps: int = 300, seed:
 
 def _query_key_modules(teacher: nn.Module) -> list[tuple[nn.Module, nn.Module, int]]:
     """(query Linear, key Linear, heads) per teacher layer, in order."""
-    found = []
-    for name, module in teacher.named_modules():
-        if name.endswith("attention.self") and hasattr(module, "query"):
-            heads = teacher.config.num_attention_heads
-            found.append((module.query, module.key, heads))
-        elif name.endswith(".attention") and hasattr(module, "q_lin"):
-            found.append((module.q_lin, module.k_lin, teacher.config.n_heads))
+    found = [(parts.query, parts.key, parts.num_heads) for parts in layer_parts(teacher)]
     if not found:
         raise ValueError("teacher has no BERT/DistilBERT self-attention modules")
     return found
@@ -118,9 +113,8 @@ def fit_student_approximators(student: nn.Module, teacher_rows, steps: int = 400
     Returns the MSE to softmax per student layer."""
     from .distill import layer_map
 
-    layers = [m for m in student.modules() if hasattr(m, "approximator") and hasattr(m, "_slot")]
-    mapping = layer_map(len(layers), len(teacher_rows))
-    approximators = [layer.approximator for layer in layers]
+    approximators = [parts.approximator for parts in layer_parts(student)]
+    mapping = layer_map(len(approximators), len(teacher_rows))
     if not all(isinstance(a, SoftmaxApproximator) for a in approximators):
         return []  # ReLU attention: nothing to fit
     if approximators and all(a is approximators[0] for a in approximators):

@@ -24,8 +24,10 @@ import torch
 from torch import nn
 
 from .bounds import ActivationBound, relu_clamp
+from .choices import HEAD_SEQCLS, MASK_MASKED, POOLER_IDENTITY, POOLER_RELU, POOLER_TANH
 from .errors import MABertError
 from .powernorm import PowerNorm
+from .registry import LayerParts, embedding_parts, find_family, head_of, head_parts, is_ma, layer_parts
 from .softmax_approx import ReLUAttention
 
 FOLD_TOLERANCE = 1e-9  # relative; float64 folds agree to ~1e-13
@@ -120,19 +122,19 @@ class FusedReLUAttention(nn.Module):
 class FusedLayer(nn.Module):
     """One encoder layer: r ← bound1(r ⊙ s1 + O·attention(r)); r ← bound2(r ⊙ s2 + W2·ReLU(W1·r))."""
 
-    def __init__(self, spec: dict, num_heads: int, approximator: FusedApproximator, dtype):
+    def __init__(self, parts: LayerParts, num_heads: int, approximator: FusedApproximator, dtype):
         super().__init__()
-        head_dim = spec["q"].weight.shape[0] // num_heads
-        s1, t1, bound1 = norm_affine(spec["norm1"])
-        s2, t2, bound2 = norm_affine(spec["norm2"])
+        head_dim = parts.query.weight.shape[0] // num_heads
+        s1, t1, bound1 = norm_affine(parts.attention_norm)
+        s2, t2, bound2 = norm_affine(parts.output_norm)
         as64 = lambda linear: (linear.weight.detach().double(), linear.bias.detach().double())  # noqa: E731
         self.num_heads = num_heads
-        self.query = FusedLinear(*scale_linear(*as64(spec["q"]), head_dim ** -0.5), dtype)
-        self.key = FusedLinear(*as64(spec["k"]), dtype)
-        self.value = FusedLinear(*scale_linear(*as64(spec["v"]), getattr(approximator, "value_scale", 1.0)), dtype)
-        self.attention_out = FusedLinear(*fold_norm_into_writer(*as64(spec["o"]), s1, t1), dtype)
-        self.ffn_in = FusedLinear(*as64(spec["f1"]), dtype)
-        self.ffn_out = FusedLinear(*fold_norm_into_writer(*as64(spec["f2"]), s2, t2), dtype)
+        self.query = FusedLinear(*scale_linear(*as64(parts.query), head_dim ** -0.5), dtype)
+        self.key = FusedLinear(*as64(parts.key), dtype)
+        self.value = FusedLinear(*scale_linear(*as64(parts.value), getattr(approximator, "value_scale", 1.0)), dtype)
+        self.attention_out = FusedLinear(*fold_norm_into_writer(*as64(parts.attention_out), s1, t1), dtype)
+        self.ffn_in = FusedLinear(*as64(parts.ffn_in), dtype)
+        self.ffn_out = FusedLinear(*fold_norm_into_writer(*as64(parts.ffn_out), s2, t2), dtype)
         self.scale1, self.scale2 = _frozen(s1, dtype), _frozen(s2, dtype)
         self.bound1, self.bound2 = FusedBound(bound1, dtype), FusedBound(bound2, dtype)
         self.approximator = approximator
@@ -150,7 +152,7 @@ class FusedLayer(nn.Module):
         return self.bound2(r * self.scale2 + self.ffn_out(torch.relu(self.ffn_in(r))))
 
 
-_POOLER_ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu, "identity": lambda x: x}
+_POOLER_ACTIVATIONS = {POOLER_TANH: torch.tanh, POOLER_RELU: torch.relu, POOLER_IDENTITY: lambda x: x}
 
 
 class FusedMAModel(nn.Module):
@@ -169,20 +171,20 @@ class FusedMAModel(nn.Module):
         self.word_table, self.position_table = _frozen(word, dtype), _frozen(position, dtype)
         self.type_table = None if token_type is None else _frozen(token_type, dtype)
         self.embedding_bound = FusedBound(bound0, dtype)
-        masked = config.softmax_mask_mode == "masked"
+        masked = config.softmax_mask_mode == MASK_MASKED
         shared = None
         layers = []
-        for spec in parts["layers"]:
-            if not isinstance(spec["act"], nn.ReLU):
+        for layer in parts["layers"]:
+            if not isinstance(layer.ffn_activation, nn.ReLU):
                 raise MABertError("fuse needs the ReLU feed-forward (ffn_hidden_act='relu')")
-            if isinstance(spec["approx"], ReLUAttention):
-                attention = FusedReLUAttention(spec["approx"].input_size)
+            if isinstance(layer.approximator, ReLUAttention):
+                attention = FusedReLUAttention(layer.approximator.input_size)
             else:
-                stack = spec["approx"].linear_relu_stack
+                stack = layer.approximator.linear_relu_stack
                 if shared is None or shared[0] is not stack:  # a shared approximator is stored once
                     shared = (stack, FusedApproximator(stack, masked, reassociate, dtype))
                 attention = shared[1]
-            layers.append(FusedLayer(spec, config.num_attention_heads, attention, dtype))
+            layers.append(FusedLayer(layer, layer.num_heads, attention, dtype))
         self.layers = nn.ModuleList(layers)
         as64 = lambda linear: (linear.weight.detach().double(), linear.bias.detach().double())  # noqa: E731
         self.pooler = FusedLinear(*as64(parts["pool"]), dtype)
@@ -221,35 +223,16 @@ class FusedMAModel(nn.Module):
 
 
 def _parts(model):
-    """Uniform view of MA-BERT and MA-DistilBERT classifiers."""
-    name = type(model).__name__
-    bound = getattr(model, "logit_bound", None)
-    logit_bound = bound if bound is not None and bound.is_set else None
-    if name == "MABertForSequenceClassification":
-        base = model.bert
-        layers = []
-        for layer in base.encoder.layer:
-            att = layer.attention
-            layers.append(dict(q=att.self.query, k=att.self.key, v=att.self.value, o=att.output.dense,
-                               norm1=att.output.LayerNorm, f1=layer.intermediate.dense, f2=layer.output.dense,
-                               norm2=layer.output.LayerNorm, approx=att.self.approximator,
-                               act=layer.intermediate.intermediate_act_fn))
-        emb = base.embeddings
-        return dict(word=emb.word_embeddings.weight, pos=emb.position_embeddings.weight,
-                    type=emb.token_type_embeddings.weight, norm0=emb.LayerNorm, layers=layers,
-                    pool=base.pooler.dense, pool_act=model.config.pooler_act, cls=model.classifier,
-                    logit_bound=logit_bound)
-    if name == "MADistilBertForSequenceClassification":
-        base = model.distilbert
-        layers = [dict(q=b.attention.q_lin, k=b.attention.k_lin, v=b.attention.v_lin, o=b.attention.out_lin,
-                       norm1=b.sa_layer_norm, f1=b.ffn.lin1, f2=b.ffn.lin2, norm2=b.output_layer_norm,
-                       approx=b.attention.approximator, act=b.ffn.activation) for b in base.transformer.layer]
-        emb = base.embeddings
-        # DistilBERT's head is Linear → ReLU → Linear; represent it as pooler(relu) + classifier.
-        return dict(word=emb.word_embeddings.weight, pos=emb.position_embeddings.weight, type=None,
-                    norm0=emb.LayerNorm, layers=layers, pool=model.pre_classifier, pool_act="relu",
-                    cls=model.classifier, logit_bound=logit_bound)
-    raise MABertError(f"fuse takes an MA-BERT or MA-DistilBERT sequence classifier, got {name}")
+    """Uniform view of MA-BERT and MA-DistilBERT classifiers (see mabert.registry)."""
+    if find_family(model) is None or not is_ma(model) or head_of(model) != HEAD_SEQCLS:
+        raise MABertError(f"fuse takes an MA-BERT or MA-DistilBERT sequence classifier, got {type(model).__name__}")
+    embeddings, head = embedding_parts(model), head_parts(model)
+    bound = head.logit_bound
+    # DistilBERT's head is Linear → ReLU → Linear: the registry presents it as pooler(relu) + classifier
+    return dict(word=embeddings.word.weight, pos=embeddings.position.weight,
+                type=None if embeddings.token_type is None else embeddings.token_type.weight,
+                norm0=embeddings.norm, layers=layer_parts(model), pool=head.pooler, pool_act=head.pooler_act,
+                cls=head.classifier, logit_bound=bound if bound is not None and bound.is_set else None)
 
 
 def cheaper_to_reassociate(config) -> bool:

@@ -15,10 +15,8 @@ from torch import nn
 from transformers.activations import ACT2FN
 
 from .powernorm import PowerNorm
+from .registry import family_of, layer_parts
 from .softmax_approx import MaskedSoftmax, ReLUAttention
-
-# FFN activation attribute of each block type: BertIntermediate (MA-BERT) and FFN (MA-DistilBERT)
-_FFN_ACTIVATION_ATTRS = {"BertIntermediate": "intermediate_act_fn", "FFN": "activation"}
 
 
 class _Blend(nn.Module):
@@ -45,7 +43,8 @@ def _layer_norm_like(norm: PowerNorm) -> nn.LayerNorm:
 
 
 def _original_activation(config) -> str:
-    return getattr(config, "activation", None) if hasattr(config, "dim") else getattr(config, "hidden_act", None)
+    """The base model's activation, which a converted student's config keeps (for its MLM head)."""
+    return getattr(config, family_of(config).config.activation, None)
 
 
 class HandOver:
@@ -62,15 +61,16 @@ class HandOver:
         config = model.config
         old_act = _original_activation(config)
         swap_activation = old_act in ACT2FN and old_act != config.ffn_hidden_act
+        layers = layer_parts(model)
         for parent in list(model.modules()):
             for name, child in list(parent.named_children()):
                 if isinstance(child, PowerNorm):
                     self._install(parent, name, _Blend(_layer_norm_like(child), child, self))
                 elif isinstance(child, ReLUAttention):
                     self._install(parent, name, _Blend(MaskedSoftmax(), child, self))
-            attr = _FFN_ACTIVATION_ATTRS.get(type(parent).__name__)
-            if swap_activation and attr and hasattr(parent, attr):
-                self._install(parent, attr, _Blend(ACT2FN[old_act], getattr(parent, attr), self))
+        for parts in layers if swap_activation else ():
+            self._install(parts.ffn_activation_owner, parts.ffn_activation_attr,
+                          _Blend(ACT2FN[old_act], parts.ffn_activation, self))
 
     @staticmethod
     def applies_to(model: nn.Module) -> bool:

@@ -4,9 +4,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .choices import POOLER_IDENTITY, POOLER_RELU, POOLER_TANH
+
 
 def pooler_activation(name: str) -> nn.Module:
-    return {"tanh": nn.Tanh(), "relu": nn.ReLU(), "identity": nn.Identity()}[name]
+    return {POOLER_TANH: nn.Tanh(), POOLER_RELU: nn.ReLU(), POOLER_IDENTITY: nn.Identity()}[name]
 
 
 def sequence_classification_loss(logits: torch.Tensor, labels: torch.Tensor, config) -> torch.Tensor:

@@ -15,7 +15,9 @@ import tempfile
 import threading
 from pathlib import Path
 
+from .choices import HEAD_BASE, HEAD_MLM, HEAD_SEQCLS
 from .errors import MABertError, one_line
+from .registry import head_of, is_ma
 
 MARKER = ".mabert"
 # Files by which a folder is recognised as written by mabert (the marker, or outputs of versions before it).
@@ -292,18 +294,15 @@ def load_model(path: str | Path):
         architectures = AutoConfig.from_pretrained(model_source(path)).architectures or []
     except (OSError, ValueError) as exc:
         raise MABertError(f"cannot load a model config from {str(path)!r}: {one_line(exc, 160)}") from None
-    auto = AutoModel
-    if any(a.endswith("ForMaskedLM") for a in architectures):
-        auto = AutoModelForMaskedLM
-    elif any(a.endswith("ForSequenceClassification") for a in architectures):
-        auto = AutoModelForSequenceClassification
+    auto = {HEAD_MLM: AutoModelForMaskedLM, HEAD_SEQCLS: AutoModelForSequenceClassification,
+            HEAD_BASE: AutoModel}[head_of({"architectures": architectures})]
     return from_pretrained(auto, path)
 
 
 def require_ma(model, path, role: str = "--student"):
     """`model` if it is an MA model; a plain BERT given where a student is expected is a usage error."""
-    model_type = getattr(model.config, "model_type", "")
-    if not model_type.startswith("ma-"):
+    if not is_ma(model):
+        model_type = getattr(model.config, "model_type", "")
         raise MABertError(f"{role} {path} is a plain {model_type} model, not an MA student; make one with "
                           f"`mabert convert {path} STUDENT_DIR`")
     return model

@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 from .io import atomic_file
+from .registry import find_family, is_ma
 
 _MA_KEYS = ("softmax_input_size", "softmax_hidden_layer_size", "share_softmax_nn", "softmax_mask_mode", "norm_type",
             "ffn_hidden_act", "pooler_act")
@@ -50,9 +51,9 @@ def _name(facts: dict) -> str:
 def _front_matter(facts: dict, config: dict) -> str:
     from huggingface_hub import EvalResult, ModelCardData
 
-    is_ma = str(config.get("model_type", "")).startswith("ma-")
+    ma = is_ma(config)
     exported = facts.get("stage") == "export"
-    tags = ["ma-bert", "matrix-arithmetic-only"] if is_ma else [config.get("model_type") or "bert"]
+    tags = ["ma-bert", "matrix-arithmetic-only"] if ma else [config.get("model_type") or "bert"]
     tags += ["onnx", "optimum"] if exported else []
     tags += ["knowledge-distillation"] if facts.get("stage") in ("distill", "kd-pretrain") else []
     results, datasets = [], []
@@ -87,7 +88,7 @@ def _how_to_load(facts: dict, config: dict) -> list[str]:
                 "The graph needs only ONNX Runtime; the optimum classes come with `pip install optimum-onnx==0.1.0`."]
     task = _pipeline_tag(config)
     register = (["import mabert  # registers the MA model types with the transformers Auto classes"]
-                if str(config.get("model_type", "")).startswith("ma-") else [])
+                if is_ma(config) else [])
     lines = ["```python", *register, "from transformers import pipeline", "",
              f'pipe = pipeline("{task}", model="{path}")', "```"]
     if task == "text-classification":
@@ -99,16 +100,15 @@ def _how_to_load(facts: dict, config: dict) -> list[str]:
 def build_card(facts: dict) -> str:
     """The README.md text of a model directory, from `facts` (see the module docstring)."""
     config = facts.get("config") or {}
-    is_ma = str(config.get("model_type", "")).startswith("ma-")
+    ma = is_ma(config)
     kind = {"fill-mask": "masked language model", "text-classification": "sequence classifier",
             "feature-extraction": "encoder"}[_pipeline_tag(config)]
-    family = {"ma-bert": "MA-BERT", "ma-distilbert": "MA-DistilBERT"}.get(config.get("model_type"),
-                                                                           str(config.get("model_type", "BERT")))
+    family = find_family(config).display if ma and find_family(config) else str(config.get("model_type", "BERT"))
     stage = facts.get("stage")
     lines = [f"# {_name(facts)}", "",
              f"A{'n' if family[0] in 'AEIMO' else ''} {family} {kind}"
              + (f", {_STAGES[stage]}" if stage in _STAGES else "") + "."]
-    if is_ma:
+    if ma:
         lines += ["", "MA-BERT (ICLR 2023) replaces softmax with a two-layer ReLU network per score row, GELU with "
                       "ReLU and LayerNorm with PowerNorm, so that inference (after `mabert.fuse`) is matrix arithmetic "
                       "and ReLU only.", "", "## MA settings", "", "| setting | value |", "|---|---|"]

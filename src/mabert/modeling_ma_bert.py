@@ -13,6 +13,7 @@ from transformers.modeling_outputs import (
 from transformers.models.bert.modeling_bert import (
     BertEmbeddings,
     BertIntermediate,
+    BertLMPredictionHead,
     BertOnlyMLMHead,
     BertOutput,
     BertPooler,
@@ -27,6 +28,7 @@ from .feedforward import feedforward_activation
 from .heads import key_mask_from, pooler_activation, sequence_classification_loss
 from .powernorm import make_norm
 from .pretrained import init_ma_weights
+from .registry import BERT
 
 
 def _with_norm(block: nn.Module, config) -> nn.Module:
@@ -91,11 +93,11 @@ class MABertEncoder(nn.Module):
 
 class MABertPreTrainedModel(PreTrainedModel):
     config_class = MABertConfig
-    base_model_prefix = "bert"
+    base_model_prefix = BERT.base
 
     def _init_weights(self, module):
         init_ma_weights(module, self.config.initializer_range)
-        if hasattr(module, "bias") and type(module).__name__ == "BertLMPredictionHead":
+        if isinstance(module, BertLMPredictionHead) and getattr(module, "bias", None) is not None:
             module.bias.data.zero_()
 
 

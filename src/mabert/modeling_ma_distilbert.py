@@ -16,6 +16,7 @@ from .heads import key_mask_from, sequence_classification_loss
 from .modeling_ma_bert import _flag, check_length
 from .powernorm import make_norm
 from .pretrained import init_ma_weights
+from .registry import DISTILBERT
 
 
 class MADistilBertSelfAttention(nn.Module):
@@ -68,7 +69,7 @@ class MATransformer(nn.Module):
 
 class MADistilBertPreTrainedModel(PreTrainedModel):
     config_class = MADistilBertConfig
-    base_model_prefix = "distilbert"
+    base_model_prefix = DISTILBERT.base
 
     def _init_weights(self, module):
         init_ma_weights(module, self.config.initializer_range)

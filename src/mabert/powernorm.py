@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .bounds import ActivationBound
+from .choices import NORM_LAYER, NORM_POWER, NORM_TYPES
 
 def _global_mean(rows: torch.Tensor) -> torch.Tensor:
     """Per-channel mean over all rows of every process, so DDP ranks keep identical statistics."""
@@ -125,7 +126,7 @@ class PowerNorm(nn.Module):
 def make_norm(config) -> nn.Module:
     """The normalization layer a config asks for: PowerNorm ("power") or LayerNorm ("layer")."""
     kind = str(config.norm_type).lower()
-    if kind == "power":
+    if kind == NORM_POWER:
         return PowerNorm(
             config.hidden_size,
             eps=config.layer_norm_eps,
@@ -133,9 +134,9 @@ def make_norm(config) -> nn.Module:
             accumulation_step=config.accumulation_step,
             bounded=config.activation_bounds,
         )
-    if kind == "layer":
+    if kind == NORM_LAYER:
         return nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-    raise ValueError(f"norm_type must be 'power' or 'layer', got {config.norm_type!r}")
+    raise ValueError(f"norm_type must be one of {NORM_TYPES}, got {config.norm_type!r}")
 
 
 @torch.no_grad()

@@ -16,13 +16,14 @@ from pathlib import Path
 
 import torch
 
+from .choices import HEAD_BASE, MASK_MASKED, POOLER_IDENTITY
 from .train import TrainSettings
 
 
 @dataclass
 class Recipe:
-    mask_mode: str = "masked"          # any length ≤ L, padding-independent
-    pooler_act: str = "identity"       # no tanh; unlike ReLU initialised from tanh weights it cannot go dead
+    mask_mode: str = MASK_MASKED       # any length ≤ L, padding-independent
+    pooler_act: str = POOLER_IDENTITY  # no tanh; unlike ReLU initialised from tanh weights it cannot go dead
     activation_bounds: bool = True     # clamps calibrated after training: finite on any input (mabert.bounds)
     attention_kind: str = "approximator"  # or "relu": ReLU(scores)/L (mabert.softmax_approx.ReLUAttention)
     handover: float = 0.4              # share of the first KD run moving from LayerNorm/GELU to PowerNorm/ReLU
@@ -66,7 +67,7 @@ def general_model(teacher_source, tokenizer, passages, out_dir, recipe: Recipe, 
     from .train import kd_pretrain
 
     teacher = AutoModel.from_pretrained(teacher_source).eval()
-    student = convert(teacher, head="base", softmax_mask_mode=recipe.mask_mode, pooler_act=recipe.pooler_act,
+    student = convert(teacher, head=HEAD_BASE, softmax_mask_mode=recipe.mask_mode, pooler_act=recipe.pooler_act,
                       activation_bounds=recipe.activation_bounds, attention_kind=recipe.attention_kind,
                       seed=recipe.seed)
     fit = fit_to_teacher(student, teacher, tokenizer, passages, steps=recipe.fit_steps, seed=recipe.seed)

@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-MASK_MODES = ("multiply", "masked")
-ATTENTION_KINDS = ("approximator", "relu")
+from .choices import ATTENTION_KINDS, MASK_MASKED, MASK_MODES, MASK_MULTIPLY  # noqa: F401 (re-exported)
 
 
 class SoftmaxApproximator(nn.Module):
@@ -24,7 +23,7 @@ class SoftmaxApproximator(nn.Module):
       same result for its real tokens whether or not it is padded.
     """
 
-    def __init__(self, input_size: int = 128, hidden_size: int = 128, mask_mode: str = "multiply"):
+    def __init__(self, input_size: int = 128, hidden_size: int = 128, mask_mode: str = MASK_MULTIPLY):
         super().__init__()
         if mask_mode not in MASK_MODES:
             raise ValueError(f"mask_mode must be one of {MASK_MODES}, got {mask_mode!r}")
@@ -51,7 +50,7 @@ class SoftmaxApproximator(nn.Module):
         else:
             hidden = torch.relu(nn.functional.linear(scores, first.weight[:, :length], first.bias))
             probs = nn.functional.linear(hidden, second.weight[:length], second.bias[:length])
-        if self.mask_mode == "masked" and key_mask is not None:
+        if self.mask_mode == MASK_MASKED and key_mask is not None:
             probs = probs * key_mask
         return probs
 

@@ -13,10 +13,12 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 from transformers import DataCollatorWithPadding, get_linear_schedule_with_warmup
 
+from .choices import HEAD_MLM, MASK_MULTIPLY
 from .distill import IGNORE_LABEL, KDWeights, kd_loss
 from .errors import MABertError, one_line
 from .handover import HandOver
 from .io import atomic_dir, atomic_file
+from .registry import head_of, model_input_names
 
 
 @dataclass
@@ -68,7 +70,7 @@ class EpochShuffle(Sampler):
 def pads_to_full_length(model) -> int | None:
     """Models using the original multiply masking must see length-L inputs; others pad dynamically."""
     config = getattr(model, "config", None)
-    if getattr(config, "use_softmax_approx", False) and getattr(config, "softmax_mask_mode", "") == "multiply":
+    if getattr(config, "use_softmax_approx", False) and getattr(config, "softmax_mask_mode", "") == MASK_MULTIPLY:
         return config.softmax_input_size
     return None
 
@@ -86,10 +88,8 @@ def _labels_key(batch):
 
 
 def _model_inputs(model, batch):
-    names = ("input_ids", "attention_mask", "token_type_ids")
-    if getattr(model.config, "model_type", "") in ("distilbert", "ma-distilbert"):
-        names = ("input_ids", "attention_mask")
-    return {k: batch[k] for k in names if k in batch}
+    """The entries of `batch` that the model's forward() takes (DistilBERT has no token_type_ids)."""
+    return {k: batch[k] for k in model_input_names(model) if k in batch}
 
 
 def parameter_groups(model, weight_decay: float) -> list[dict]:
@@ -291,7 +291,7 @@ def kd_pretrain(teacher, student, tokenizer, texts, out_dir, settings: TrainSett
 
 
 def _has_mlm_head(model) -> bool:
-    return type(model).__name__.endswith("ForMaskedLM")
+    return head_of(model) == HEAD_MLM
 
 
 def _kd_run(teacher, student, trained, loader, step_loss, tokenizer, out_dir, settings, description, card) -> dict:
@@ -348,6 +348,7 @@ def calibrate_for_inference(trained, student, loader, batches: int) -> dict:
 
 def _eager_attention(model) -> None:
     """Attention maps are needed from the teacher; SDPA kernels do not return them."""
+    # a transformers-version check (set_attn_implementation is recent), not a model-family one
     if hasattr(model, "set_attn_implementation"):
         try:
             model.set_attn_implementation("eager")
