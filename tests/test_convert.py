@@ -37,8 +37,9 @@ def test_every_shared_tensor_is_copied(make_teacher):
 def test_with_every_technique_off_the_student_is_the_teacher(make_teacher):
     """Proves the composed MA architecture wires BERT/DistilBERT exactly, padding included."""
     teacher = make_teacher()
+    pooler = {"pooler_act": "tanh"} if teacher.config.model_type == "bert" else {}  # new conversions default to identity
     student = mabert.convert(teacher, use_softmax_approx=False, norm_type="layer",
-                             ffn_hidden_act=teacher.config.to_dict().get("hidden_act", "gelu"))
+                             ffn_hidden_act=teacher.config.to_dict().get("hidden_act", "gelu"), **pooler)
     ids = torch.randint(5, 64, (3, 12))
     mask = torch.ones(3, 12, dtype=torch.long)
     mask[1, 7:] = 0

@@ -13,20 +13,18 @@ from pathlib import Path
 
 from .argtypes import at_least
 from .choices import (
-    ATTENTION_APPROXIMATOR,
     ATTENTION_KINDS,
     FFN_ACTIVATIONS,
     FFN_RELU,
     HEAD_MLM,
     HEADS,
-    MASK_MASKED,
     MASK_MODES,
     NORM_POWER,
     NORM_TYPES,
     POOLER_ACTIVATIONS,
-    POOLER_RELU,
 )
 from .errors import MABertError, Terminated, explain
+from .recipe import DEFAULTS
 
 # Where each verb writes and what it reads, for the output guard. "dir": a folder written whole, replacing any
 # earlier one at the end; "run": a folder a run fills as it goes (checkpoints, stage records); "file": one file.
@@ -94,18 +92,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out_dir")
     p.add_argument("--head", choices=HEADS)
     p.add_argument("--num-labels", type=at_least(1))
-    p.add_argument("--mask-mode", choices=MASK_MODES, default=MASK_MASKED,
+    p.add_argument("--mask-mode", choices=MASK_MODES, default=DEFAULTS.mask_mode,
                    help="masked: any length ≤ L, padding-independent; multiply: the original rule")
     p.add_argument("--norm", choices=NORM_TYPES, default=NORM_POWER)
     p.add_argument("--share-softmax", action="store_true")
     p.add_argument("--softmax-input-size", type=at_least(1), default=128)
     p.add_argument("--softmax-hidden-size", type=at_least(1), default=128)
     p.add_argument("--ffn-act", choices=FFN_ACTIVATIONS, default=FFN_RELU)
-    p.add_argument("--pooler-act", choices=POOLER_ACTIVATIONS, default=POOLER_RELU,
-                   help="relu (default) leaves no transcendental op; tanh keeps BERT's pooler as is")
+    p.add_argument("--pooler-act", choices=POOLER_ACTIVATIONS, default=DEFAULTS.pooler_act,
+                   help="identity (default) or relu leave no transcendental op (a ReLU pooler initialised from tanh "
+                        "weights can go dead); tanh keeps BERT's pooler as is")
     p.add_argument("--no-bounds", action="store_true",
                    help="no activation bounds (by default clamps calibrated after training keep outputs finite)")
-    p.add_argument("--attention", choices=ATTENTION_KINDS, default=ATTENTION_APPROXIMATOR,
+    p.add_argument("--attention", choices=ATTENTION_KINDS, default=DEFAULTS.attention_kind,
                    help="approximator: the paper's softmax network (default); relu: ReLU(scores)/L, no parameters, "
                         "cheaper at short lengths (blended in from softmax during KD)")
     p.set_defaults(func=_convert)

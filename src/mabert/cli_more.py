@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 from .argtypes import above, at_least, between, int_list
-from .choices import ATTENTION_APPROXIMATOR, ATTENTION_KINDS
+from .choices import ATTENTION_KINDS
 from .errors import MABertError
+from .recipe import DEFAULTS
 
 
 def _export(args):
@@ -271,7 +272,7 @@ def _teacher_student_args(p):
 
 
 def _handover_arg(p):
-    p.add_argument("--handover", type=between(0, 1), default=0.5,
+    p.add_argument("--handover", type=between(0, 1), default=DEFAULTS.handover,
                    help="fraction of the run over which a freshly converted student moves from LayerNorm/GELU to "
                         "PowerNorm/ReLU (0: at once; skipped for students whose PowerNorms are already trained)")
 
@@ -279,7 +280,7 @@ def _handover_arg(p):
 def _train_args(p, lr):
     p.add_argument("--epochs", type=above(0), default=3.0)
     p.add_argument("--max-steps", type=at_least(1))
-    p.add_argument("--batch-size", type=at_least(1), default=32)
+    p.add_argument("--batch-size", type=at_least(1), default=DEFAULTS.batch_size)
     p.add_argument("--lr", type=above(0), default=lr)
     p.add_argument("--weight-decay", type=at_least(0.0, float), default=0.01)
     p.add_argument("--warmup-ratio", type=between(0, 1), default=0.1)
@@ -300,7 +301,7 @@ def add_verbs(verbs) -> None:
     p.add_argument("--general-steps", type=at_least(0),
                    help="KD pre-training steps of a general MA model on bundled English before task KD "
                         "(default 0: the task teacher is converted; --full: 1000)")
-    p.add_argument("--attention", choices=ATTENTION_KINDS, default=ATTENTION_APPROXIMATOR,
+    p.add_argument("--attention", choices=ATTENTION_KINDS, default=DEFAULTS.attention_kind,
                    help="the student's attention: the paper's approximator, or ReLU(scores)/L")
     p.add_argument("--threads", type=at_least(1), default=2)
     p.add_argument("--seed", type=int, default=0)
@@ -310,7 +311,7 @@ def add_verbs(verbs) -> None:
     p.add_argument("model")
     p.add_argument("--out", required=True)
     _data_args(p)
-    _train_args(p, 5e-5)
+    _train_args(p, DEFAULTS.teacher_lr)
     p.set_defaults(func=_finetune)
 
     p = verbs.add_parser("fit-softmax", help="fit the student's approximators to the teacher's real score rows")
@@ -333,7 +334,7 @@ def add_verbs(verbs) -> None:
     p.add_argument("--limit", type=at_least(1), help="use at most this many passages")
     p.add_argument("--beta", type=at_least(0.0, float), default=1.0)
     _handover_arg(p)
-    _train_args(p, 1e-4)
+    _train_args(p, DEFAULTS.general_lr)
     p.set_defaults(func=_kd_pretrain)
 
     p = verbs.add_parser("distill", help="KD fine-tuning of an MA student (a classifier, or a general MA model from "
@@ -350,7 +351,7 @@ def add_verbs(verbs) -> None:
     p.add_argument("--beta", type=at_least(0.0, float), default=1.0)
     _handover_arg(p)
     _data_args(p)
-    _train_args(p, 2e-5)
+    _train_args(p, DEFAULTS.student_lr)
     p.set_defaults(func=_distill)
 
     p = verbs.add_parser("evaluate", help="task metrics of a model (teacher or student) overall and per input length "

@@ -12,6 +12,7 @@ from .errors import MABertError
 from .fitting import init_approximator
 from .models import ma_model_class
 from .powernorm import PowerNorm
+from .recipe import DEFAULTS
 from .registry import FAMILIES, family_of, find_family, head_of, is_ma
 from .softmax_approx import SoftmaxApproximator
 
@@ -79,7 +80,10 @@ def convert(model_or_path, head: str | None = None, num_labels: int | None = Non
     if head not in HEADS:
         raise MABertError(f"head must be one of {HEADS}, got {head!r}")
     # new students are bounded (`mabert.bounds`); the bounds are calibrated at the end of training
-    overrides = {"activation_bounds": True, **config_overrides}
+    overrides = {"activation_bounds": DEFAULTS.activation_bounds, "softmax_mask_mode": DEFAULTS.mask_mode,
+                 "attention_kind": DEFAULTS.attention_kind, **config_overrides}
+    if family_of(teacher).pooler_act_fixed is None and head != HEAD_MLM:  # a pooler whose activation is chosen
+        overrides.setdefault("pooler_act", DEFAULTS.pooler_act)
     if num_labels is not None:
         overrides["num_labels"] = num_labels
     config = _student_config(teacher.config, overrides)

@@ -17,11 +17,12 @@ from pathlib import Path
 import torch
 
 from .choices import HEAD_BASE, MASK_MASKED, POOLER_IDENTITY
-from .train import TrainSettings
 
 
-@dataclass
+@dataclass(frozen=True)
 class Recipe:
+    """Every default of the convert → fit → KD pipeline, in one place: `mabert.convert`, the command line
+    (convert, distill, kd-pretrain, finetune), the demo and `benchmarks/glue_kd.py` take theirs from here."""
     mask_mode: str = MASK_MASKED       # any length ≤ L, padding-independent
     pooler_act: str = POOLER_IDENTITY  # no tanh; unlike ReLU initialised from tanh weights it cannot go dead
     activation_bounds: bool = True     # clamps calibrated after training: finite on any input (mabert.bounds)
@@ -40,7 +41,10 @@ class Recipe:
     unlabelled_passages: int = 0       # teacher-labelled augmentation: passages of every length
     seed: int = 0
 
-    def settings(self, lr: float, epochs: float = 1.0, max_steps: int | None = None) -> TrainSettings:
+    def settings(self, lr: float, epochs: float = 1.0, max_steps: int | None = None):
+        """The TrainSettings of one run of the recipe."""
+        from .train import TrainSettings
+
         return TrainSettings(epochs=epochs, max_steps=max_steps, batch_size=self.batch_size, lr=lr, seed=self.seed,
                              handover=self.handover)
 
@@ -105,3 +109,6 @@ def distill_task(teacher, student, tokenizer, train, out_dir, recipe: Recipe, ep
                       extra_inputs=extra)
     summary["labelled_examples"], summary["unlabelled_passages"] = len(train), len(extra or [])
     return summary
+
+
+DEFAULTS = Recipe()
