@@ -31,6 +31,23 @@ def _global_mean(rows: torch.Tensor) -> torch.Tensor:
 
 
 class _PowerNormFunction(torch.autograd.Function):
+    """y = γ ⊙ z + β with z = x / √(σ² + ε), σ² the divisor (the batch E[x²] in warm-up, φ after).
+
+    Backward, per channel (the approximate backward of PowerNorm, Shen et al. 2020, as the MA-BERT reference has it):
+        g      = ∂L/∂y ⊙ γ                                 (gradient with respect to z)
+        ĝ      = g − (1 − α_bkw) · Γ ⊙ z                    (Γ = `ema_gz`)
+        ∂L/∂x  = ĝ / √(σ²_batch + ε)
+        Γ     ← Γ + mean over tokens (ĝ ⊙ z)
+    Why: the exact gradient of x / √(E[x²]) has a term −z · mean(g ⊙ z) coupling all tokens of the batch; PowerNorm
+    replaces that batch mean with Γ, a running estimate across steps, so training does not depend on one batch's
+    statistics. Γ is updated in place from ĝ (not g): since mean(z²) ≈ 1 per channel, the update is
+    Γ ← Γ + mean(g ⊙ z) − (1 − α)·Γ ≈ α·Γ + mean(g ⊙ z), an exponentially decaying sum of the batch terms (an EMA up
+    to the factor 1/(1 − α)), which is why the buffer is called ema_gz.
+    The gradient is divided by the *batch* σ² even after warm-up, when the forward divides by φ: the reference
+    does so (it keeps the backward's scale tied to the current batch); we keep it for fidelity with the released
+    training code. Warm-up is `iters ≤ warmup_iters` in the forward (the step counting from 1), and φ's cumulative
+    average runs while `iters < warmup_iters` (`_update_running_phi`): both as in the reference."""
+
     @staticmethod
     def forward(ctx, x, weight, bias, divisor_var, batch_var, ema_gz, eps, alpha_bkw):
         z = x / (divisor_var + eps).sqrt()
