@@ -101,8 +101,18 @@ def parameter_groups(model, weight_decay: float) -> list[dict]:
             {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0}]
 
 
+@dataclass
+class TrainResult:
+    """What `train_loop` hands to the stage that saves: numbers for the record and the live trained objects."""
+    steps: int
+    wall_time_s: float
+    history: list[dict]      # one {"step", loss terms…} per step, from the first step of the run (resumes included)
+    model: torch.nn.Module   # unwrapped from DDP
+    accelerator: object
+
+
 def train_loop(model, loader, step_loss, out_dir: Path, settings: TrainSettings, description: str,
-               extra_models=(), before_step=None, find_unused_parameters: bool = False) -> dict:
+               extra_models=(), before_step=None, find_unused_parameters: bool = False) -> TrainResult:
     """Generic loop. `step_loss(model, batch)` gets the prepared (possibly DDP-wrapped) model and returns a
     dict of loss terms with a "total"; `before_step(step, total_steps)`, if given, runs before each step
     (step counted from 0, also after a resume)."""
@@ -168,8 +178,7 @@ def train_loop(model, loader, step_loss, out_dir: Path, settings: TrainSettings,
                 break
     bar.close()
     accelerator.wait_for_everyone()
-    return {"steps": step, "wall_time_s": time.time() - start, "history": history,
-            "model": accelerator.unwrap_model(model), "accelerator": accelerator}
+    return TrainResult(step, time.time() - start, history, accelerator.unwrap_model(model), accelerator)
 
 
 def _save_checkpoint(accelerator, checkpoint_dir: Path, step: int, run: dict, history: list) -> None:
@@ -310,7 +319,7 @@ def _kd_run(teacher, student, trained, loader, step_loss, tokenizer, out_dir, se
         if handover is not None:
             handover.remove()
     calibration = calibrate_for_inference(trained, student, loader, settings.recalibrate_phi_batches)
-    result["model"] = student
+    result.model = student
     summary = _finish(result, tokenizer, out_dir, settings, card)
     summary["handover_modules"] = handover.count if handover else 0
     summary.update(calibration)
@@ -358,20 +367,20 @@ def _eager_attention(model) -> None:
     model.config._attn_implementation = "eager"
 
 
-def _finish(result, tokenizer, out_dir: Path, settings: TrainSettings, card: dict) -> dict:
-    model, accelerator = result.pop("model"), result.pop("accelerator")
-    model.eval()
-    summary = {"steps": result["steps"], "wall_time_s": round(result["wall_time_s"], 2),
-               "final_loss": result["history"][-1]["total"] if result["history"] else None,
+def _finish(result: TrainResult, tokenizer, out_dir: Path, settings: TrainSettings, card: dict) -> dict:
+    """Save the model (with its card), history.json and summary.json; returns the summary plus the live model."""
+    model, history = result.model.eval(), result.history
+    summary = {"steps": result.steps, "wall_time_s": round(result.wall_time_s, 2),
+               "final_loss": history[-1]["total"] if history else None,
                "settings": {k: v for k, v in asdict(settings).items()}}
-    if accelerator.is_main_process:
+    if result.accelerator.is_main_process:
         from .io import save_model_dir
 
         save_model_dir(model, out_dir / "model", tokenizer, card={**card, **summary})
         with atomic_file(out_dir / "history.json") as tmp:
-            tmp.write_text(json.dumps(result["history"]))
+            tmp.write_text(json.dumps(history))
         with atomic_file(out_dir / "summary.json") as tmp:
             tmp.write_text(json.dumps(summary, indent=2))
-    summary["history"] = result["history"]
+    summary["history"] = history
     summary["model"] = model
     return summary
