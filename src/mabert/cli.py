@@ -38,7 +38,8 @@ OUTPUTS = {
     "kd-pretrain": ("out", "run", ("teacher", "student", "texts")),
     "demo": ("out", "run", ("teacher", "data")),
     "evaluate": ("out", "file", ("model", "task", "data_dir")),
-    "export": ("out", "file", ("model",)),  # a folder when OUT has no .onnx suffix (see _claim_output)
+    # a folder when OUT has no .onnx suffix (see _claim_output)
+    "export": ("out", "file", ("model", "calibration_texts")),
     "predict": ("out", "file", ("model", "input", "tokenizer")),
 }
 

@@ -16,16 +16,21 @@ def _export(args):
     from .registry import is_ma
 
     if Path(args.out).suffix != ".onnx":
-        facts = export_model_dir(args.model, args.out, fuse_model=not args.no_fuse, int8=args.int8, opset=args.opset)
+        texts = _calibration_texts(args)
+        facts = export_model_dir(args.model, args.out, fuse_model=not args.no_fuse, int8=args.int8, opset=args.opset,
+                                 openvino=args.openvino, calibration_texts=texts)
         parity = f", fused: fp32 deviation {facts['parity']:.1e}" if "parity" in facts else ""
-        print(f"wrote {args.out}/ ({', '.join(facts['onnx_files'])}, config.json, tokenizer, README.md{parity})")
+        files = facts["onnx_files"] + facts.get("openvino_files", [])
+        print(f"wrote {args.out}/ ({', '.join(files)}, config.json, tokenizer, README.md{parity})")
         if args.audit:
             reports = [audit(Path(args.out) / name) for name in facts["onnx_files"]]
             print("\n".join(format_audit(report) for report in reports))
             return 0 if all(report["passed"] for report in reports) else 1
         return
-    if args.int8:
-        raise MABertError("--int8 writes model_quantized.onnx beside model.onnx: give an output directory, not a file")
+    if args.int8 or args.openvino:
+        what = "openvino_model.xml" if args.openvino else "model_quantized.onnx"
+        raise MABertError(f"--{'openvino' if args.openvino else 'int8'} writes {what} beside model.onnx: give an "
+                          "output directory, not a file")
     model = load_classifier(args.model)
     target = fuse(model) if is_ma(model) and not args.no_fuse else model
     path = export_onnx(target, args.out, opset=args.opset)
@@ -34,6 +39,20 @@ def _export(args):
         report = audit(path)
         print(format_audit(report))
         return 0 if report["passed"] else 1
+
+
+def _calibration_texts(args) -> list[str] | None:
+    """The texts of --calibration-texts (one per line), which only --openvino --int8 uses and requires."""
+    from .openvino_runtime import INT8_NEEDS_TEXTS
+    from .predict import read_rows
+
+    if not (args.openvino and args.int8):
+        if args.calibration_texts:
+            raise MABertError("--calibration-texts calibrates the OpenVINO int8 model: use it with --openvino --int8")
+        return None
+    if not args.calibration_texts:
+        raise MABertError(INT8_NEEDS_TEXTS)
+    return read_rows(args.calibration_texts)[1]
 
 
 def _audit(args):
@@ -389,6 +408,12 @@ def add_verbs(verbs) -> None:
     p.add_argument("--opset", type=between(14, 20, int), default=17)
     p.add_argument("--no-fuse", action="store_true", help="export the unfused module graph")
     p.add_argument("--audit", action="store_true", help="print the operator audit afterwards")
+    p.add_argument("--openvino", action="store_true",
+                   help="directory output: also openvino_model.xml/.bin (OpenVINO IR, fp32; with --int8 also "
+                        "openvino_model_int8.xml/.bin by NNCF); needs pip install 'mabert[openvino]'")
+    p.add_argument("--calibration-texts", metavar="FILE",
+                   help="--openvino --int8: task text, one per line (or .csv/.jsonl with a text column), tokenized "
+                        "with the model's tokenizer to calibrate the int8 model (up to 300 texts are used)")
     p.set_defaults(func=_export)
 
     p = verbs.add_parser("audit", help="list ONNX op types; exit 1 if any op outside matrix arithmetic is present, "
@@ -413,12 +438,12 @@ def _predict(args):
 def add_predict_verb(verbs) -> None:
     p = verbs.add_parser("predict", help="score a CSV/TSV/JSONL/plain-text file with a model directory or an "
                                          "exported ONNX model (fp32 or int8)")
-    p.add_argument("model", help="model directory, export directory, or .onnx file")
+    p.add_argument("model", help="model directory, export directory, .onnx file, or OpenVINO .xml file")
     p.add_argument("--input", required=True, help=".csv/.tsv (header row), .jsonl, or plain text (one per line)")
     p.add_argument("--out", required=True, help="predictions: .csv, .tsv or .jsonl, one row per input, in order")
     p.add_argument("--text-columns", nargs="+", help="the text column, or a pair (default: text)")
     p.add_argument("--tokenizer", help="directory with the tokenizer and config.json (default: the model's)")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads")
+    p.add_argument("--threads", type=int, help="ONNX Runtime intra-op (or OpenVINO inference) threads")
     _long_text_args(p)
     p.set_defaults(func=_predict)

@@ -152,12 +152,13 @@ def onnx_feed(session, input_ids, attention_mask, token_type_ids=None) -> dict:
 
 
 def export_model_dir(model_dir: str | Path, out_dir: str | Path, fuse_model: bool = True, int8: bool = False,
-                     opset: int = 17) -> dict:
+                     opset: int = 17, openvino: bool = False, calibration_texts: list[str] | None = None) -> dict:
     """`mabert export MODEL DIR`: a directory that optimum's ORTModelForSequenceClassification and
     transformers.pipeline load: model.onnx (+ model_quantized.onnx, dynamic int8), config.json, the tokenizer
     (model_max_length = L) and a model card. The config names the base family (bert/distilbert), whose input
     names the graph has, so loaders without mabert read it; the MA settings stay in it as extra keys.
-    Returns the card's facts."""
+    With `openvino` also openvino_model.xml/.bin (+ with `int8` openvino_model_int8.xml/.bin, NNCF-quantized and
+    calibrated on `calibration_texts`, which it then requires). Returns the card's facts."""
     import json
 
     from transformers import AutoTokenizer
@@ -169,6 +170,10 @@ def export_model_dir(model_dir: str | Path, out_dir: str | Path, fuse_model: boo
     from .quantize import quantize_dynamic_int8
     from .registry import family_of, is_ma
 
+    if openvino:
+        from .openvino_runtime import require_openvino
+
+        require_openvino(int8, calibration_texts)  # before the model is loaded and fused
     model = load_classifier(model_dir)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
@@ -194,12 +199,19 @@ def export_model_dir(model_dir: str | Path, out_dir: str | Path, fuse_model: boo
         files = [export_onnx(target, tmp / "model.onnx", opset=opset).name]
         if int8:
             files.append(quantize_dynamic_int8(tmp / "model.onnx", tmp / "model_quantized.onnx").name)
+        ir_files = {}
+        if openvino:
+            from .openvino_runtime import text_calibration_feeds, write_openvino
+
+            feeds = text_calibration_feeds(tokenizer, calibration_texts, tokenizer.model_max_length) if int8 else None
+            written = write_openvino(tmp / "model.onnx", tmp, int8, feeds)
+            ir_files = {"openvino_files": [f for f in written if f.endswith(".xml")]}
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
         tokenizer.save_pretrained(tmp)
         audits = {name: audit(tmp / name) for name in files}
         facts = {**read_facts(model_dir), "stage": "export", "source_model": str(model_dir), **fusion,
                  "audit": {n: {"passed": a["passed"], "forbidden": a["forbidden"]} for n, a in audits.items()},
-                 "onnx_files": files}
+                 "onnx_files": files, **ir_files}
         (tmp / "README.md").write_text(build_card({**facts, "path": str(out_dir), "config": model.config.to_dict()}),
                                        encoding="utf-8")
     return facts

@@ -4,7 +4,8 @@
 `mabert:`, so a later stage (evaluate --update-card, export) reads them back with `read_facts` and adds its own.
 Facts (all optional): path, stage, config (the model's config dict), base_model, teacher, task, data, steps,
 wall_time_s, final_loss, settings, metrics ([{task, split, examples, values, long_text}]), fold_error, parity
-(the fused fp32 graph's deviation), audit ({file: {passed, forbidden}}), onnx_files, source_model.
+(the fused fp32 graph's deviation), audit ({file: {passed, forbidden}}), onnx_files, openvino_files,
+source_model.
 """
 from __future__ import annotations
 
@@ -145,7 +146,11 @@ def build_card(facts: dict) -> str:
                   if facts.get("parity") is not None else "- not fused (exported as is)",
                   *(f"- operator audit of {name}: " + ("PASS, matrix arithmetic only" if result["passed"] else "FAIL: "
                     + ", ".join(f"{op}×{n}" for op, n in result["forbidden"].items()))
-                    for name, result in audit.items())]
+                    for name, result in audit.items()),
+                  *([f"- OpenVINO IR: {', '.join(facts['openvino_files'])} (same inputs and output"
+                     + ("; int8 by NNCF post-training quantization" if len(facts["openvino_files"]) > 1 else "")
+                     + "); `mabert predict DIR/openvino_model.xml` runs it"]
+                    if facts.get("openvino_files") else [])]
     lines += ["", "## How to load", "", *_how_to_load(facts, config), ""]
     return f"---\n{_front_matter(facts, config)}\n---\n\n" + "\n".join(lines)
 

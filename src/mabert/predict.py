@@ -75,7 +75,8 @@ def _labels(config) -> list[str]:
 def load_scorer(model: str | Path, tokenizer: str | Path | None = None, threads: int | None = None) -> Scorer:
     """A model directory (MA or plain HF), an export directory (its model.onnx), or an .onnx file (tokenizer and
     config.json from `tokenizer`, default the file's folder; L from the graph's metadata, else the config, else
-    128)."""
+    128). OpenVINO: an .xml file (openvino_model.xml, openvino_model_int8.xml), or a directory whose only graph is
+    openvino_model.xml; an export directory holding model.onnx too runs model.onnx with ONNX Runtime."""
     from transformers import AutoConfig, AutoTokenizer
 
     import mabert  # noqa: F401  (registers the MA model types)
@@ -87,6 +88,8 @@ def load_scorer(model: str | Path, tokenizer: str | Path | None = None, threads:
     if not path.exists():
         raise MABertError(f"{path} not found: give a model directory, an export directory or an .onnx file")
     onnx_file = path if path.suffix == ".onnx" else (path / "model.onnx" if (path / "model.onnx").is_file() else None)
+    if onnx_file is None and (path.suffix == ".xml" or (path / "openvino_model.xml").is_file()):
+        onnx_file = path if path.suffix == ".xml" else path / "openvino_model.xml"  # an OpenVINO graph
     source = Path(tokenizer) if tokenizer else (onnx_file.parent if onnx_file else path)
     try:
         tok = AutoTokenizer.from_pretrained(str(source))
@@ -99,7 +102,12 @@ def load_scorer(model: str | Path, tokenizer: str | Path | None = None, threads:
         config, call = torch_model.config, torch_call(torch_model)
     else:
         config = AutoConfig.from_pretrained(str(source)) if (source / "config.json").is_file() else None
-        call = onnx_call(onnx_file, threads)
+        if onnx_file.suffix == ".xml":
+            from .openvino_runtime import openvino_call
+
+            call = openvino_call(onnx_file, threads)
+        else:
+            call = onnx_call(onnx_file, threads)
     limit = _graph_length_limit(onnx_file) if onnx_file else None
     pad_to = pads_to_full_length(SimpleNamespace(config=config))
     return Scorer(call, tok, limit or max_length_of(config), pad_to, _labels(config))
@@ -107,6 +115,10 @@ def load_scorer(model: str | Path, tokenizer: str | Path | None = None, threads:
 
 def _graph_length_limit(path: Path) -> int | None:
     """The L an exported MA graph records in its metadata (plain graphs and int8 copies may have none)."""
+    if path.suffix == ".xml":
+        from .openvino_runtime import length_limit, read_model
+
+        return length_limit(read_model(path))
     import onnx
 
     from .export import MAX_LENGTH_KEY
