@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from mabert.distill import KDWeights, attention_mse, kd_loss, layer_map, masked_mse, soft_cross_entropy
+from mabert.kd_losses import KDWeights, attention_mse, kd_loss, layer_map, masked_mse, soft_cross_entropy
 from mabert.metrics import compute_metrics
 
 
@@ -97,7 +97,7 @@ def test_regression_soft_term_is_mse_between_predictions():
 
 def test_unlabelled_examples_get_every_term_but_the_task_one():
     """Teacher-labelled augmentation: label IGNORE_LABEL (NaN for regression) drops the task term only."""
-    from mabert.distill import IGNORE_LABEL
+    from mabert.kd_losses import IGNORE_LABEL
 
     torch.manual_seed(0)
     mask = torch.ones(3, 4, dtype=torch.long)

@@ -43,7 +43,7 @@ def convert(*args, **kwargs):
 
 
 def from_original_checkpoint(*args, **kwargs):
-    from .checkpoint import from_original_checkpoint as _load
+    from .original_checkpoint import from_original_checkpoint as _load
 
     return _load(*args, **kwargs)
 

@@ -17,7 +17,7 @@ ATTENTION_KINDS = (ATTENTION_APPROXIMATOR, ATTENTION_RELU)
 NORM_POWER, NORM_LAYER = "power", "layer"
 NORM_TYPES = (NORM_POWER, NORM_LAYER)
 
-# pooler_act (MA-BERT's pooler; mabert.heads.pooler_activation): "tanh" as in BERT, or none transcendental
+# pooler_act (MA-BERT's pooler; mabert.task_heads.pooler_activation): "tanh" as in BERT, or none transcendental
 POOLER_TANH, POOLER_RELU, POOLER_IDENTITY = "tanh", "relu", "identity"
 POOLER_ACTIVATIONS = (POOLER_TANH, POOLER_RELU, POOLER_IDENTITY)
 
@@ -26,6 +26,6 @@ POOLER_ACTIVATIONS = (POOLER_TANH, POOLER_RELU, POOLER_IDENTITY)
 FFN_RELU = "relu"
 FFN_ACTIVATIONS = (FFN_RELU, "gelu", "gelu_new", "silu")
 
-# model heads (mabert.models.ma_model_class, mabert convert --head)
+# model heads (mabert.registry.ma_model_class, mabert convert --head)
 HEAD_SEQCLS, HEAD_MLM, HEAD_BASE = "seqcls", "mlm", "base"
 HEADS = (HEAD_SEQCLS, HEAD_MLM, HEAD_BASE)

@@ -58,7 +58,7 @@ def _convert(args):
 
 
 def _import_original(args):
-    from .checkpoint import from_original_checkpoint
+    from .original_checkpoint import from_original_checkpoint
 
     overrides = {"num_attention_heads": args.heads} if args.heads else {}
     if args.tokenizer is None:

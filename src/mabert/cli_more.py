@@ -82,7 +82,7 @@ def _demo(args):
 
 
 def _train_settings(args):
-    from .distill import KDWeights
+    from .kd_losses import KDWeights
     from .train import TrainSettings
 
     return TrainSettings(epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr,

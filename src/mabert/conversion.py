@@ -10,10 +10,9 @@ from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoModelF
 from .choices import HEAD_BASE, HEAD_MLM, HEAD_SEQCLS, HEADS
 from .errors import MABertError
 from .fitting import init_approximator
-from .models import ma_model_class
 from .powernorm import PowerNorm
 from .recipe import DEFAULTS
-from .registry import FAMILIES, family_of, find_family, head_of, is_ma
+from .registry import FAMILIES, family_of, find_family, head_of, is_ma, ma_model_class
 from .softmax_approx import SoftmaxApproximator
 
 _AUTO = {HEAD_SEQCLS: AutoModelForSequenceClassification, HEAD_MLM: AutoModelForMaskedLM, HEAD_BASE: AutoModel}

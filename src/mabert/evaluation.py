@@ -119,7 +119,7 @@ def layer_errors(student, teacher, tokenizer, dataset, batch_size: int = 32) -> 
     """Per mapped layer: hidden-state MSE (embeddings first) and attention-map MSE of the student against the
     teacher on `dataset` (real tokens only), averaged over batches."""
     from .data import tokenize
-    from .distill import attention_mse, layer_map, masked_mse
+    from .kd_losses import attention_mse, layer_map, masked_mse
     from .train import _eager_attention, make_loader
 
     student.eval()

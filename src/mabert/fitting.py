@@ -111,7 +111,7 @@ def collect_score_rows(teacher: nn.Module, batches, length: int, rows_per_layer:
 def fit_student_approximators(student: nn.Module, teacher_rows, steps: int = 400, seed: int = 0) -> list[float]:
     """Fit each student approximator on the rows of the teacher layer it maps to (all rows if shared).
     Returns the MSE to softmax per student layer."""
-    from .distill import layer_map
+    from .kd_losses import layer_map
 
     approximators = [parts.approximator for parts in layer_parts(student)]
     mapping = layer_map(len(approximators), len(teacher_rows))

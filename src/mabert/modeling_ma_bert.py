@@ -25,9 +25,9 @@ from .bounds import ActivationBound
 from .configuration import MABertConfig
 from .errors import MABertError
 from .feedforward import feedforward_activation
-from .heads import key_mask_from, pooler_activation, sequence_classification_loss
+from .task_heads import key_mask_from, pooler_activation, sequence_classification_loss
 from .powernorm import make_norm
-from .pretrained import init_ma_weights
+from .weight_init import init_ma_weights
 from .registry import BERT
 
 

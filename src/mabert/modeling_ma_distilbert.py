@@ -12,10 +12,10 @@ from .attention import ApproximatorSlot, build_approximator, check_heads, multi_
 from .bounds import ActivationBound
 from .configuration import MADistilBertConfig
 from .feedforward import feedforward_activation
-from .heads import key_mask_from, sequence_classification_loss
+from .task_heads import key_mask_from, sequence_classification_loss
 from .modeling_ma_bert import _flag, check_length
 from .powernorm import make_norm
-from .pretrained import init_ma_weights
+from .weight_init import init_ma_weights
 from .registry import DISTILBERT
 
 

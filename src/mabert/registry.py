@@ -277,3 +277,19 @@ def head_parts(model: nn.Module) -> HeadParts:
         classifier=model.get_submodule(family.classifier),
         logit_bound=model.logit_bound if is_ma(model) else None,
     )
+
+
+def ma_model_class(model_type: str, head: str):
+    """The MA model class that serves (an MA model_type, a head)."""
+    from . import modeling_ma_bert as b
+    from . import modeling_ma_distilbert as d  # imported here: the modeling files import this registry
+
+    table = {
+        (BERT.ma_model_type, HEAD_SEQCLS): b.MABertForSequenceClassification,
+        (BERT.ma_model_type, HEAD_MLM): b.MABertForMaskedLM,
+        (BERT.ma_model_type, HEAD_BASE): b.MABertModel,
+        (DISTILBERT.ma_model_type, HEAD_SEQCLS): d.MADistilBertForSequenceClassification,
+        (DISTILBERT.ma_model_type, HEAD_MLM): d.MADistilBertForMaskedLM,
+        (DISTILBERT.ma_model_type, HEAD_BASE): d.MADistilBertModel,
+    }
+    return table[model_type, head]

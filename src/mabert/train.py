@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from transformers import DataCollatorWithPadding, get_linear_schedule_with_warmup
 
 from .choices import HEAD_MLM, MASK_MULTIPLY
-from .distill import IGNORE_LABEL, KDWeights, kd_loss
+from .kd_losses import IGNORE_LABEL, KDWeights, kd_loss
 from .errors import MABertError, one_line
 from .handover import HandOver
 from .io import atomic_dir, atomic_file
@@ -266,7 +266,7 @@ def kd_pretrain(teacher, student, tokenizer, texts, out_dir, settings: TrainSett
     from transformers import DataCollatorForLanguageModeling
 
     from .data import tokenize
-    from .distill import ATTENTION_WEIGHT, representation_loss
+    from .kd_losses import ATTENTION_WEIGHT, representation_loss
 
     out_dir = Path(out_dir)
     _eager_attention(teacher)

@@ -9,8 +9,7 @@ import torch
 
 from .choices import HEAD_BASE, HEAD_MLM, HEAD_SEQCLS, NORM_LAYER, NORM_POWER
 from .errors import MABertError
-from .models import ma_model_class
-from .registry import FAMILIES, Family
+from .registry import FAMILIES, Family, ma_model_class
 
 # Original config field → mabert config field, for the fields whose names differ.
 _ORIGINAL_FIELD_NAMES = {
