@@ -31,20 +31,22 @@ class DemoSettings:
     eval_limit: int | None = None
     teacher_epochs: float = 1.0
     student_epochs: float = 1.5
-    bench_repeats: int = 15
+    bench_max_rounds: int = 100       # per workload; rounds stop earlier once every ratio's interval is ±5 %
+    bench_max_seconds: float = 20.0   # per workload (three workloads)
     threads: int = 2
     recipe: Recipe = field(default_factory=Recipe)
 
     @classmethod
     def full(cls, seed: int = 0, general_steps: int = 1000, **kw):
-        return cls(train_limit=None, teacher_epochs=2.0, student_epochs=3.0, bench_repeats=30,
+        return cls(train_limit=None, teacher_epochs=2.0, student_epochs=3.0, bench_max_rounds=300,
+                   bench_max_seconds=60.0,
                    recipe=Recipe(seed=seed, general_steps=general_steps, joined_fraction=0.25,
                                  unlabelled_passages=1600), **kw)
 
     @classmethod
     def toy(cls, seed: int = 0, general_steps: int = 4, **kw):
         """A smoke run through every stage, the general model and augmentation included."""
-        return cls(train_limit=64, eval_limit=64, teacher_epochs=1.0, student_epochs=1.0, bench_repeats=2,
+        return cls(train_limit=64, eval_limit=64, teacher_epochs=1.0, student_epochs=1.0, bench_max_rounds=2,
                    recipe=Recipe(seed=seed, batch_size=16, fit_steps=20, general_steps=general_steps,
                                  joined_fraction=0.25, unlabelled_passages=32), **kw)
 
@@ -220,16 +222,22 @@ class Pipeline:
                 "onnx_fp32_deviation": onnx_error}
 
     def run_bench(self) -> dict:
-        from .bench import run_benchmark
+        """Fixed 1 × 128 and 8 × 128, and 4 batches of 8 held-out sentences at their own token lengths (each batch
+        padded to its longest row)."""
+        from .bench import fixed_workload, real_workload, run_benchmark
         from .io import load_classifier
 
         _, held_out = self.data(self.eval_split())
         tokenizer = self.tokenizer()
-        lengths = [len(tokenizer(t, truncation=True, max_length=128)["input_ids"]) for t in held_out["text_a"][:8]]
+        lengths = [len(tokenizer(t, truncation=True, max_length=128)["input_ids"]) for t in held_out["text_a"][:32]]
         teacher = load_classifier(self.out / "teacher" / "model")
         student = load_classifier(self.out / "student" / "model")
+        vocab = teacher.config.vocab_size
+        workloads = [fixed_workload(vocab, 1, 128), fixed_workload(vocab, 8, 128),
+                     real_workload(vocab, 8, lengths=lengths)]
         report = run_benchmark(teacher, student, self.out / "bench", threads=self.settings.threads,
-                               repeats=self.settings.bench_repeats, real_lengths=lengths)
+                               workloads=workloads, max_rounds=self.settings.bench_max_rounds,
+                               max_seconds=self.settings.bench_max_seconds)
         return {"bench": report}
 
     def run(self) -> Path:
