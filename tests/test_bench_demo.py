@@ -2,37 +2,54 @@ import json
 
 import pytest
 
-from mabert.bench import bert_matmul_flops, ma_matmul_flops, random_pair, run_benchmark
+from mabert.bench import (bert_matmul_flops, fixed_workload, format_benchmark, ma_matmul_flops, random_pair,
+                          real_workload, run_benchmark)
 
 
 @pytest.mark.slow
 def test_benchmark_report_shape_and_ratios(tmp_path):
     teacher, student = random_pair("tiny")
-    report = run_benchmark(teacher, student, tmp_path, repeats=2, real_lengths=[5, 9, 3, 12])
+    vocab = teacher.config.vocab_size
+    workloads = [fixed_workload(vocab, 1, 128), fixed_workload(vocab, 8, 128),
+                 real_workload(vocab, 4, lengths=[5, 9, 3, 12])]
+    report = run_benchmark(teacher, student, tmp_path, workloads=workloads, max_rounds=2, quiet=True)
     saved = json.loads((tmp_path / "bench.json").read_text())
-    assert saved["workloads"].keys() == report["workloads"].keys() == {"b1-s128", "b8-s128", "b4-real(max 12)"}
+    assert saved["workloads"].keys() == report["workloads"].keys() == {"b1-s128", "b8-s128", "b4-real"}
     names = {"BERT eager (PyTorch)", "BERT ORT optimized fp32", "BERT ORT dynamic int8", "MA eager (PyTorch)",
              "MA fused (PyTorch)", "MA fused ORT fp32", "MA fused ORT int8", "MA fused ORT static int8"}
     for work in saved["workloads"].values():
-        rows = work["candidates"]
-        assert set(rows) == names
+        rows = {row["name"]: row for row in work["candidates"]}
+        assert set(rows) == names and work["rounds"] == 2 and work["stopped"] == "max_rounds"
         for row in rows.values():
-            assert 0 < row["median_ms"] <= row["p90_ms"]
-            ratio = rows["BERT ORT optimized fp32"]["median_ms"] / row["median_ms"]
-            assert row["speedup_vs BERT ORT optimized fp32"] == pytest.approx(ratio)
+            assert 0 < row["median_ms"] <= row["p90_ms"] and len(row["round_ms"]) == 2
+        pairs = {(r["candidate"]["name"], r["baseline"]["name"]): r for r in work["ratios"]}
+        assert set(pairs) == {("MA eager (PyTorch)", "BERT eager (PyTorch)"),
+                              ("MA fused (PyTorch)", "BERT eager (PyTorch)"),
+                              ("MA fused ORT fp32", "BERT ORT optimized fp32"),
+                              ("MA fused ORT int8", "BERT ORT dynamic int8"),
+                              ("MA fused ORT static int8", "BERT ORT dynamic int8")}  # no static-int8 BERT
+        static = pairs[("MA fused ORT static int8", "BERT ORT dynamic int8")]
+        assert (static["candidate"]["precision"], static["baseline"]["precision"]) == ("int8-static", "int8-dynamic")
+        ratio = pairs[("MA fused ORT fp32", "BERT ORT optimized fp32")]
+        assert ratio["value"] == pytest.approx(rows["BERT ORT optimized fp32"]["median_ms"]
+                                               / rows["MA fused ORT fp32"]["median_ms"])
+        assert not ratio["converged"]  # 2 rounds are fewer than an interval needs
         assert work["gemm_floor_ms"]["BERT"] > 0
     assert (tmp_path / "bench.png").stat().st_size > 1000
     # ORT's profile of each ORT candidate: the MA graph runs only matrix-arithmetic kernels, BERT's does not
     from mabert.export import ALLOWED_OPS
 
-    profiles = saved["op_times_ms_b8_s128"]
+    assert saved["op_profile"]["workload"] == "b8-s128" and saved["op_profile"]["shape"] == [8, 128]
+    profiles = {row["name"]: row["op_times_ms"] for row in saved["op_profile"]["candidates"]}
     assert set(profiles) == {n for n in names if "ORT" in n}
+    assert all(row["runtime"] == "onnxruntime" for row in saved["op_profile"]["candidates"])
     assert all(ms > 0 for times in profiles.values() for ms in times.values())
     # ORT fuses MatMul/Gemm with their Add/ReLU when it loads the graph
     assert "MatMul" in profiles["MA fused ORT fp32"]
     assert set(profiles["MA fused ORT fp32"]) <= ALLOWED_OPS[""] | {"FusedMatMul", "FusedGemm"}
     assert set(profiles["BERT ORT optimized fp32"]) - {"MatMul", "Add", "Relu", "Mul", "Gather", "Cast", "Reshape",
                                                         "Transpose", "Unsqueeze", "Sub", "Shape", "Concat", "Slice"}
+    assert "MA fused ORT static int8 vs BERT ORT dynamic int8" in format_benchmark(report)
 
 
 def test_flop_counts_by_hand():
@@ -76,7 +93,13 @@ def test_demo_pipeline_end_to_end_toy(tmp_path, capsys):
     examples = (tmp_path / "predict/examples.txt").read_text().splitlines()
     rows = (tmp_path / "predict/predictions.csv").read_text().splitlines()
     assert len(examples) == 10 and len(rows) == 11 and rows[0].startswith("line,label,score")
+    assert {row.split(",")[1] for row in rows[1:]} <= {"rotten", "fresh"}  # class names carried teacher → export
     assert "## Use the student" in text and "mabert predict" in text
+    # the bench's speedups come with intervals; two toy rounds are too few for any to converge, and the report says so
+    bench = json.loads((tmp_path / "bench" / "bench.json").read_text())
+    assert bench["workloads"].keys() == {"b1-s128", "b8-s128", "b8-real"}
+    assert "| b8-real: MA fused ORT fp32 vs BERT ORT optimized fp32 | " in text
+    assert "not converged (±" in text and "did not narrow to ±5 %" in text
     # a second run skips every finished stage
     stamp = (tmp_path / "teacher.json").stat().st_mtime_ns
     capsys.readouterr()

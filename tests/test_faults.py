@@ -372,7 +372,8 @@ def test_incompatible_resume(models, tmp_path, capsys):
      "--handover: must be in [0, 1]"),
     (["import-original", "c.pt", "o", "--heads", "0"], "--heads: must be ≥ 1"),
     (["convert", "t", "o", "--ffn-act", "foo"], "invalid choice: 'foo'"),
-    (["bench", "--repeats", "0"], "--repeats: must be ≥ 1"),
+    (["bench", "--max-rounds", "0"], "--max-rounds: must be ≥ 1"),
+    (["bench", "--max-seconds", "0"], "--max-seconds: must be > 0"),
     (["bench", "--real-lengths", "4,x"], "'x' is not an integer"),
     (["export", "m", "o.onnx", "--opset", "3"], "--opset: must be in [14, 20]"),
 ])

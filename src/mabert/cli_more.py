@@ -237,7 +237,7 @@ def _evaluate(args):
 
 
 def _bench(args):
-    from .bench import format_benchmark, random_pair, run_benchmark
+    from .bench import fixed_workload, format_benchmark, random_pair, real_workload, run_benchmark
     from .io import atomic_dir, load_classifier, require_ma
 
     if bool(args.teacher) != bool(args.student):
@@ -247,11 +247,18 @@ def _bench(args):
     else:
         teacher, student = random_pair(args.shape)
     limit = student.config.softmax_input_size
-    if args.real_lengths and max(args.real_lengths) > limit:
-        raise MABertError(f"--real-lengths up to {max(args.real_lengths)}, but the student takes at most {limit} tokens")
+    for option, lengths in (("--length", args.length), ("--real-lengths", args.real_lengths)):
+        if lengths and max(lengths) > limit:
+            raise MABertError(f"{option} up to {max(lengths)}, but the student takes at most {limit} tokens")
+    vocab = teacher.config.vocab_size
+    workloads = [fixed_workload(vocab, args.batch, length) for length in args.length or ()]
+    if args.real_lengths or not args.length:
+        workloads.append(real_workload(vocab, args.batch, lengths=args.real_lengths, batches=args.batches,
+                                       max_length=limit))
     with atomic_dir(args.out) as tmp:  # all of bench.json and bench.png, or nothing
-        report = run_benchmark(teacher, student, tmp, threads=args.threads, repeats=args.repeats,
-                               real_lengths=args.real_lengths, include_int8=not args.no_int8)
+        report = run_benchmark(teacher, student, tmp, threads=args.threads, workloads=workloads,
+                               max_rounds=args.max_rounds, max_seconds=args.max_seconds,
+                               include_int8=not args.no_int8, quiet=args.quiet)
     print(format_benchmark(report))
     print(f"wrote {args.out}/bench.json and bench.png")
 
@@ -388,16 +395,29 @@ def add_verbs(verbs) -> None:
     _long_text_args(p)
     p.set_defaults(func=_evaluate)
 
-    p = verbs.add_parser("bench", help="interleaved latency benchmark: BERT (eager/ORT/int8) vs MA")
+    p = verbs.add_parser("bench", help="interleaved latency benchmark: BERT (eager/ORT/int8) vs MA, speedups with "
+                                       "95 %% bootstrap intervals")
     p.add_argument("--teacher")
     p.add_argument("--student")
     p.add_argument("--shape", choices=["bert-base", "minilm", "tiny"], default="bert-base",
                    help="random-weight models of this shape when no models are given")
     p.add_argument("--out", default="mabert-bench")
     p.add_argument("--threads", type=at_least(1), default=2)
-    p.add_argument("--repeats", type=at_least(1), default=20)
-    p.add_argument("--real-lengths", type=int_list(1), help="comma-separated token lengths for the real-length batch")
+    p.add_argument("--batch", type=at_least(1), default=8, help="rows per batch")
+    p.add_argument("--length", type=int_list(1),
+                   help="comma-separated fixed token lengths, one workload each (default: none, only the real-length "
+                        "workload)")
+    p.add_argument("--real-lengths", type=int_list(1),
+                   help="comma-separated token lengths of the real-length workload's rows, split into batches of "
+                        "--batch (default: drawn from the token lengths of Rotten Tomatoes review sentences)")
+    p.add_argument("--batches", type=at_least(1), default=4,
+                   help="batches of drawn lengths in the real-length workload, each padded to its longest row")
+    p.add_argument("--max-rounds", type=at_least(1), default=100,
+                   help="rounds (every candidate once on every batch, random order) per workload at most; rounds "
+                        "stop earlier once every speedup's 95 %% interval is within ±5 %%")
+    p.add_argument("--max-seconds", type=above(0), default=120.0, help="timing budget per workload (s)")
     p.add_argument("--no-int8", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_bench)
 
     p = verbs.add_parser("export", help="fuse an MA model (exactly) and export it to ONNX with dynamic axes")

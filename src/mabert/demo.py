@@ -32,20 +32,22 @@ class DemoSettings:
     eval_limit: int | None = None
     teacher_epochs: float = 1.0
     student_epochs: float = 1.5
-    bench_repeats: int = 15
+    bench_max_rounds: int = 100       # per workload; rounds stop earlier once every ratio's interval is ±5 %
+    bench_max_seconds: float = 20.0   # per workload (three workloads)
     threads: int = 2
     recipe: Recipe = field(default_factory=Recipe)
 
     @classmethod
     def full(cls, seed: int = 0, general_steps: int = 1000, attention_kind: str = "approximator", **kw):
-        return cls(train_limit=None, teacher_epochs=2.0, student_epochs=3.0, bench_repeats=30,
+        return cls(train_limit=None, teacher_epochs=2.0, student_epochs=3.0, bench_max_rounds=300,
+                   bench_max_seconds=60.0,
                    recipe=Recipe(seed=seed, general_steps=general_steps, joined_fraction=0.25,
                                  unlabelled_passages=1600, attention_kind=attention_kind), **kw)
 
     @classmethod
     def toy(cls, seed: int = 0, general_steps: int = 4, attention_kind: str = "approximator", **kw):
         """A smoke run through every stage, the general model and augmentation included."""
-        return cls(train_limit=64, eval_limit=64, teacher_epochs=1.0, student_epochs=1.0, bench_repeats=2,
+        return cls(train_limit=64, eval_limit=64, teacher_epochs=1.0, student_epochs=1.0, bench_max_rounds=2,
                    recipe=Recipe(seed=seed, batch_size=16, fit_steps=20, general_steps=general_steps,
                                  joined_fraction=0.25, unlabelled_passages=32, attention_kind=attention_kind), **kw)
 
@@ -148,7 +150,7 @@ class Pipeline:
         task, train = self.data("train")
         _, held_out = self.data(self.eval_split())
         summary = finetune_teacher(self.teacher_source, self.tokenizer(), train, task.num_labels, self.out / "teacher",
-                                   self.settings.recipe, self.settings.teacher_epochs)
+                                   self.settings.recipe, self.settings.teacher_epochs, task.label_names)
         metrics = evaluate(summary["model"], self.tokenizer(), held_out, task)
         self.record_in_card(self.out / "teacher" / "model", metrics, len(held_out))
         return {"metrics": metrics, "steps": summary["steps"], "wall_time_s": summary["wall_time_s"],
@@ -208,11 +210,12 @@ class Pipeline:
         quantize_dynamic_int8(onnx_dir / "ma-student.onnx", onnx_dir / "ma-student-int8.onnx")
         tokenizer = self.tokenizer()
         _, train = self.data("train")
-        calibration = make_loader(tokenize(train.select(range(min(len(train), 256))), tokenizer, 128), tokenizer, 32)
+        length = student.config.softmax_input_size  # the longest input the student takes
+        calibration = make_loader(tokenize(train.select(range(min(len(train), 256))), tokenizer, length), tokenizer, 32)
         quantize_static_int8(onnx_dir / "ma-student.onnx", onnx_dir / "ma-student-static-int8.onnx",
                              [{"input_ids": b["input_ids"].numpy(), "attention_mask": b["attention_mask"].numpy()}
                               for b in calibration])
-        loader = make_loader(tokenize(held_out, tokenizer, 128), tokenizer, 64)
+        loader = make_loader(tokenize(held_out, tokenizer, length), tokenizer, 64)
         batches = [(b["input_ids"].numpy(), b["attention_mask"].numpy()) for b in loader]
         labels = torch.cat([b["labels"] for b in loader]).numpy()
         accuracy, logits = {}, {}
@@ -254,16 +257,23 @@ class Pipeline:
         return {**summary, "command": command}
 
     def run_bench(self) -> dict:
-        from .bench import run_benchmark
+        """Fixed 1 × L and 8 × L (L = 128 for the default student), and 4 batches of 8 held-out sentences at their own token lengths (each batch
+        padded to its longest row)."""
+        from .bench import fixed_workload, real_workload, run_benchmark
         from .io import load_classifier
 
         _, held_out = self.data(self.eval_split())
         tokenizer = self.tokenizer()
-        lengths = [len(tokenizer(t, truncation=True, max_length=128)["input_ids"]) for t in held_out["text_a"][:8]]
         teacher = load_classifier(self.out / "teacher" / "model")
         student = load_classifier(self.out / "student" / "model")
+        length = student.config.softmax_input_size
+        lengths = [len(tokenizer(t, truncation=True, max_length=length)["input_ids"]) for t in held_out["text_a"][:32]]
+        vocab = teacher.config.vocab_size
+        workloads = [fixed_workload(vocab, 1, length), fixed_workload(vocab, 8, length),
+                     real_workload(vocab, 8, lengths=lengths)]
         report = run_benchmark(teacher, student, self.out / "bench", threads=self.settings.threads,
-                               repeats=self.settings.bench_repeats, real_lengths=lengths)
+                               workloads=workloads, max_rounds=self.settings.bench_max_rounds,
+                               max_seconds=self.settings.bench_max_seconds)
         return {"bench": report}
 
     def run(self) -> Path:

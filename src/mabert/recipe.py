@@ -49,14 +49,18 @@ class Recipe:
                              handover=self.handover)
 
 
-def finetune_teacher(teacher_source, tokenizer, train, num_labels: int, out_dir, recipe: Recipe, epochs: float):
-    """The baseline teacher: the pretrained BERT fine-tuned on the task. Returns the training summary."""
+def finetune_teacher(teacher_source, tokenizer, train, num_labels: int, out_dir, recipe: Recipe, epochs: float,
+                     label_names=()):
+    """The baseline teacher: the pretrained BERT fine-tuned on the task (its config names the classes when
+    `label_names` are given, so predictions say "fresh", not "LABEL_1"). Returns the training summary."""
     from transformers import AutoModelForSequenceClassification
 
     from .train import finetune
 
     torch.manual_seed(recipe.seed)  # the new classifier head is drawn here, before training seeds
-    model = AutoModelForSequenceClassification.from_pretrained(teacher_source, num_labels=num_labels)
+    names = {"id2label": dict(enumerate(label_names)), "label2id": {n: i for i, n in enumerate(label_names)}} \
+        if len(label_names) == num_labels else {}
+    model = AutoModelForSequenceClassification.from_pretrained(teacher_source, num_labels=num_labels, **names)
     return finetune(model, tokenizer, train, Path(out_dir), recipe.settings(recipe.teacher_lr, epochs))
 
 

@@ -63,16 +63,34 @@ def summary_rows(records: dict) -> list[tuple[str, str]]:
                      else "FAIL (has " + ", ".join(export["audit_teacher"]["forbidden"]) + ")"))
     bench = records.get("bench", {}).get("bench")
     if bench:
-        for work, data in bench["workloads"].items():
-            c = data["candidates"]
-            if "MA fused ORT fp32" in c:
-                rows.append((f"{work}: MA fused ORT fp32 vs BERT ORT",
-                             f"{c['MA fused ORT fp32']['speedup_vs BERT ORT optimized fp32']:.2f}×"))
-            for name in ("MA fused ORT int8", "MA fused ORT static int8"):
-                if name in c:
-                    rows.append((f"{work}: {name} vs BERT dynamic int8",
-                                 f"{c[name]['speedup_vs BERT ORT dynamic int8']:.2f}×"))
+        from .bench import FORMAT, format_ratio
+
+        if bench.get("format") != FORMAT:
+            rows.append(("benchmark", "recorded by an earlier mabert version (no intervals): delete bench.json "
+                                      "here and rerun the demo"))
+        else:
+            for work, data in bench["workloads"].items():
+                for ratio in data["ratios"]:
+                    if ratio["candidate"]["runtime"] == "onnxruntime":
+                        rows.append((f"{work}: {ratio['candidate']['name']} vs {ratio['baseline']['name']}",
+                                     format_ratio(ratio)))
     return rows
+
+
+def benchmark_note(bench: dict) -> list[str]:
+    """One paragraph on how to read the speedups, naming every interval that did not converge."""
+    from .bench import FORMAT
+
+    if bench.get("format") != FORMAT:
+        return []
+    tolerance = 100 * bench["timing"]["tolerance"]
+    unconverged = [f"{work}: {r['candidate']['name']} vs {r['baseline']['name']}"
+                   for work, data in bench["workloads"].items() for r in data["ratios"] if not r["converged"]]
+    verdict = (f"{len(unconverged)} interval(s) did not narrow to ±{tolerance:g} % before the budget ran out, so "
+               f"those ratios are uncertain: {'; '.join(unconverged)}." if unconverged
+               else f"Every interval narrowed to ±{tolerance:g} %.")
+    return ["Speedups are BERT's median time over MA's (> 1: MA faster) with 95 % bootstrap intervals over "
+            f"interleaved rounds, written \"1.08× [1.03–1.12]\". {verdict}", ""]
 
 
 def general_section(general: dict) -> list[str]:
@@ -162,8 +180,8 @@ def write_report(out: Path, records: dict, settings: dict) -> Path:
     if (out / "bench" / "bench.png").exists():
         from .bench import format_benchmark
 
-        lines += ["", "## Benchmark", "", "![benchmark](bench/bench.png)", "", "```",
-                  format_benchmark(records["bench"]["bench"]), "```"]
+        lines += ["", "## Benchmark", "", "![benchmark](bench/bench.png)", ""]
+        lines += benchmark_note(records["bench"]["bench"]) + ["```", format_benchmark(records["bench"]["bench"]), "```"]
     lines += ["", "## Stage times (s)", ""] + [f"- {k}: {v.get('stage_seconds', '?')}" for k, v in records.items()]
     lines += ["", "## Settings", "", "```json", json.dumps(settings, indent=2), "```", ""]
     path = out / "report.md"
