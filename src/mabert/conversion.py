@@ -10,6 +10,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoModelF
 from .choices import HEAD_BASE, HEAD_MLM, HEAD_SEQCLS, HEADS
 from .errors import MABertError
 from .fitting import init_approximator
+from .io import from_pretrained, load_classifier, load_tokenizer, model_source, save_model_dir
 from .powernorm import PowerNorm
 from .recipe import DEFAULTS
 from .registry import FAMILIES, family_of, find_family, head_of, is_ma, ma_model_class
@@ -25,7 +26,6 @@ def _infer_head(config) -> str:
 
 def load_teacher(model_or_path, head: str | None = None, **load_kwargs):
     """A teacher nn.Module from a model object, a local directory or a hub id."""
-    from .io import from_pretrained, model_source
 
     if isinstance(model_or_path, nn.Module):
         return model_or_path
@@ -149,7 +149,6 @@ def student_from_general(general, teacher: nn.Module, seed: int = 0, **config_ov
 def load_task_student(path, teacher: nn.Module, seed: int = 0):
     """The student for task KD from a directory: an MA sequence classifier as it is, or a general MA model (a
     bare or masked-LM encoder, e.g. from `mabert kd-pretrain`) made into one with the teacher's head."""
-    from .io import load_classifier
 
     try:
         config = AutoConfig.from_pretrained(str(path))
@@ -163,7 +162,6 @@ def load_task_student(path, teacher: nn.Module, seed: int = 0):
 def convert_to_dir(teacher, out_dir: str | Path, **kwargs) -> Path:
     """`mabert convert`: convert and write a model directory (safetensors, and the teacher's tokenizer when the
     teacher is a path or hub id: one without a tokenizer is refused, as the student could not be used)."""
-    from .io import load_tokenizer, model_source, save_model_dir
 
     tokenizer = None
     if isinstance(teacher, (str, Path)):

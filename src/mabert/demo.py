@@ -18,9 +18,21 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from .batches import make_loader
+from .bench import fixed_workload, real_workload, run_benchmark
+from .corpora import HELD_OUT_SOURCES, bundled_documents, bundled_passages, joined_examples
+from .data import load_task, tokenize
 from .errors import MABertError
-from .io import atomic_file
+from .evaluation import compare_with_teacher, evaluate, evaluate_with_lengths
+from .export import audit, export_model_dir, export_onnx
+from .fuse import fp32_deviation, fuse
+from .io import atomic_file, load_classifier, save_model_dir
+from .metrics import compute_metrics
+from .modelcard import add_metrics
+from .predict import predict_file
+from .quantize import onnx_predict, quantize_dynamic_int8, quantize_static_int8
 from .recipe import Recipe, distill_task, finetune_teacher, general_model, task_student
+from .report import write_report
 
 
 @dataclass
@@ -91,7 +103,6 @@ class Pipeline:
         return record
 
     def data(self, split: str):
-        from .data import load_task
 
         task, dataset = load_task(self.settings.task, split, self.settings.data_dir)
         limit = self.settings.train_limit if split == "train" else self.settings.eval_limit
@@ -108,7 +119,6 @@ class Pipeline:
         return AutoTokenizer.from_pretrained(self.teacher_source)
 
     def record_in_card(self, model_dir: Path, metrics: dict, examples: int) -> None:
-        from .modelcard import add_metrics
 
         add_metrics(model_dir, {"task": self.settings.task, "split": self.eval_split(), "examples": examples,
                                 "values": {k: v for k, v in metrics.items() if isinstance(v, float)}})
@@ -118,9 +128,6 @@ class Pipeline:
         with the teacher on bundled text never distilled on (short snippets and 4 joined)."""
         from datasets import Dataset
 
-        from .corpora import HELD_OUT_SOURCES, bundled_documents, joined_examples
-        from .evaluation import compare_with_teacher, evaluate_with_lengths
-        from .io import load_classifier
 
         task, held_out = self.data(self.eval_split())
         tokenizer = self.tokenizer()
@@ -145,7 +152,6 @@ class Pipeline:
 
     # --- stages ---------------------------------------------------------------------
     def run_teacher(self) -> dict:
-        from .evaluation import evaluate
 
         task, train = self.data("train")
         _, held_out = self.data(self.eval_split())
@@ -157,7 +163,6 @@ class Pipeline:
                 "train_examples": len(train), "eval_examples": len(held_out), "eval_split": self.eval_split()}
 
     def run_general(self) -> dict:
-        from .corpora import bundled_passages
 
         passages = bundled_passages(seed=self.settings.recipe.seed)
         check, passages = passages.select(range(128)), passages.select(range(128, len(passages)))
@@ -165,7 +170,6 @@ class Pipeline:
                              self.settings.recipe, check_passages=check)
 
     def run_convert(self) -> dict:
-        from .io import load_classifier, save_model_dir
 
         _, train = self.data("train")
         general = self.out / "general" / "model" if self.settings.recipe.general_steps else None
@@ -175,8 +179,6 @@ class Pipeline:
         return record
 
     def run_distill(self) -> dict:
-        from .io import load_classifier
-        from .evaluation import evaluate
 
         task, train = self.data("train")
         _, held_out = self.data(self.eval_split())
@@ -190,13 +192,6 @@ class Pipeline:
                                                                "bounds_calibrated")}}
 
     def run_export(self) -> dict:
-        from .data import tokenize
-        from .export import audit, export_model_dir, export_onnx
-        from .fuse import fp32_deviation, fuse
-        from .io import load_classifier
-        from .metrics import compute_metrics
-        from .quantize import onnx_predict, quantize_dynamic_int8, quantize_static_int8
-        from .train import make_loader
 
         task, held_out = self.data(self.eval_split())
         student = load_classifier(self.out / "student" / "model")
@@ -236,8 +231,6 @@ class Pipeline:
     def run_predict(self) -> dict:
         """`mabert predict` on the exported directory, as a user would run it: a few held-out sentences, headlines
         the student never saw, and one review longer than L scored by sliding windows."""
-        from .corpora import bundled_documents
-        from .predict import predict_file
 
         _, held_out = self.data(self.eval_split())
         if "text_b" in held_out.column_names:
@@ -259,8 +252,6 @@ class Pipeline:
     def run_bench(self) -> dict:
         """Fixed 1 × L and 8 × L (L = 128 for the default student), and 4 batches of 8 held-out sentences at their own token lengths (each batch
         padded to its longest row)."""
-        from .bench import fixed_workload, real_workload, run_benchmark
-        from .io import load_classifier
 
         _, held_out = self.data(self.eval_split())
         tokenizer = self.tokenizer()
@@ -287,6 +278,5 @@ class Pipeline:
                 bar.set_postfix_str(name)
                 self.stage(name, run)
                 bar.update(1)
-        from .report import write_report
 
         return write_report(self.out, self.records, asdict(self.settings))

@@ -5,8 +5,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .attention import request_attention_maps
+from .batches import make_loader, pads_to_full_length
+from .data import tokenize
 from .errors import MABertError
+from .kd_losses import attention_mse, layer_map, masked_mse
+from .longtext import document_logits, max_length_of
 from .metrics import compute_metrics
+from .predict import torch_call
 from .registry import model_input_names
 
 LENGTH_EDGES = (32, 64, 128)  # token-length buckets: ≤32, 33–64, 65–128
@@ -20,8 +26,6 @@ def _inputs(model, batch) -> dict:
 @torch.no_grad()
 def predict_logits(model, tokenizer, dataset, batch_size: int = 64, max_length: int = 128):
     """(logits (N, C), labels (N,) or None, token lengths (N,)) in dataset order."""
-    from .data import tokenize
-    from .train import make_loader, pads_to_full_length
 
     model.eval()
     max_length = min(max_length, getattr(model.config, "softmax_input_size", max_length))
@@ -95,9 +99,6 @@ def evaluate(model, tokenizer, dataset, task, batch_size: int = 64) -> dict:
 def evaluate_long_documents(model, tokenizer, dataset, task, strategy: str, stride: int | None = None,
                             batch_size: int = 64) -> dict:
     """The task's metrics with inputs longer than the model's L split per `strategy` (see mabert.longtext)."""
-    from .longtext import document_logits, max_length_of
-    from .predict import torch_call
-    from .train import pads_to_full_length
 
     model.eval()
     pairs = dataset["text_b"] if "text_b" in dataset.column_names else None
@@ -118,13 +119,10 @@ def evaluate_with_lengths(model, tokenizer, dataset, task, batch_size: int = 64)
 def layer_errors(student, teacher, tokenizer, dataset, batch_size: int = 32) -> dict:
     """Per mapped layer: hidden-state MSE (embeddings first) and attention-map MSE of the student against the
     teacher on `dataset` (real tokens only), averaged over batches."""
-    from .data import tokenize
-    from .kd_losses import attention_mse, layer_map, masked_mse
-    from .train import _eager_attention, make_loader
 
     student.eval()
     teacher.eval()
-    _eager_attention(teacher)
+    request_attention_maps(teacher)
     loader = make_loader(tokenize(dataset, tokenizer, student.config.softmax_input_size), tokenizer, batch_size)
     hidden, attention, batches = None, None, 0
     for batch in loader:

@@ -7,7 +7,11 @@ from pathlib import Path
 import torch
 
 from .errors import MABertError
-from .io import atomic_file, max_input_length
+from .fuse import check_fold, fp32_deviation, fuse, parity_inputs
+from .io import atomic_dir, atomic_file, load_classifier, max_input_length
+from .longtext import max_length_of
+from .modelcard import build_card, read_facts
+from .registry import family_of, is_ma
 
 # The op types a fused MA graph and its int8 versions are made of: matrix products, additions, products (Div
 # only by a constant), ReLU, and data movement. Anything else (softmax, normalisations, transcendental or
@@ -163,12 +167,7 @@ def export_model_dir(model_dir: str | Path, out_dir: str | Path, fuse_model: boo
 
     from transformers import AutoTokenizer
 
-    from .fuse import check_fold, fp32_deviation, fuse, parity_inputs
-    from .io import atomic_dir, load_classifier
-    from .longtext import max_length_of
-    from .modelcard import build_card, read_facts
     from .quantize import quantize_dynamic_int8
-    from .registry import family_of, is_ma
 
     if openvino:
         from .openvino_runtime import require_openvino

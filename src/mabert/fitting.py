@@ -4,6 +4,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .batches import make_loader, model_inputs
+from .data import tokenize
+from .kd_losses import layer_map
+from .powernorm import PowerNorm, calibrate_running_phi
 from .registry import layer_parts
 from .softmax_approx import SoftmaxApproximator
 
@@ -111,7 +115,6 @@ def collect_score_rows(teacher: nn.Module, batches, length: int, rows_per_layer:
 def fit_student_approximators(student: nn.Module, teacher_rows, steps: int = 400, seed: int = 0) -> list[float]:
     """Fit each student approximator on the rows of the teacher layer it maps to (all rows if shared).
     Returns the MSE to softmax per student layer."""
-    from .kd_losses import layer_map
 
     approximators = [parts.approximator for parts in layer_parts(student)]
     mapping = layer_map(len(approximators), len(teacher_rows))
@@ -137,9 +140,6 @@ def fit_to_teacher(student: nn.Module, teacher: nn.Module, tokenizer, texts, cou
     """The step between conversion and KD: fit the student's approximators on the teacher's real score rows for
     the first `count` of `texts` (a dataset with text_a[/text_b]); for a student whose PowerNorms are untrained,
     also set their φ from the same texts (inference would otherwise divide by the initial φ = 1)."""
-    from .data import tokenize
-    from .powernorm import PowerNorm, calibrate_running_phi
-    from .train import _model_inputs, make_loader
 
     length = student.config.softmax_input_size
     loader = make_loader(tokenize(texts.select(range(min(len(texts), count))), tokenizer, length), tokenizer, 32)
@@ -148,6 +148,6 @@ def fit_to_teacher(student: nn.Module, teacher: nn.Module, tokenizer, texts, cou
     norms = [m for m in student.modules() if isinstance(m, PowerNorm)]
     calibrated = bool(norms) and all(int(n.iters.item()) == 0 for n in norms)
     if calibrated:
-        calibrate_running_phi(student, loader, lambda model, batch: model(**_model_inputs(model, batch)))
+        calibrate_running_phi(student, loader, lambda model, batch: model(**model_inputs(model, batch)))
     return {"approximator_mse_per_layer": errors, "score_rows_per_layer": int(rows[0][0].shape[0]),
             "phi_calibrated": calibrated}

@@ -9,6 +9,7 @@ import torch
 
 from .choices import HEAD_BASE, HEAD_MLM, HEAD_SEQCLS, NORM_LAYER, NORM_POWER
 from .errors import MABertError
+from .io import load_tokenizer, save_model_dir
 from .registry import FAMILIES, Family, ma_model_class
 
 # Original config field → mabert config field, for the fields whose names differ.
@@ -185,7 +186,6 @@ def from_original_checkpoint(path, original_config=None, save_to=None, tokenizer
         )
     model.eval()
     if save_to is not None:
-        from .io import save_model_dir
 
         save_model_dir(model, save_to, _matching_tokenizer(tokenizer, config) if tokenizer is not None else None,
                        card={"stage": "import-original", "data": f"released checkpoint {Path(path).name}"})
@@ -195,7 +195,6 @@ def from_original_checkpoint(path, original_config=None, save_to=None, tokenizer
 def _matching_tokenizer(tokenizer, config):
     """`tokenizer` (loaded when a path or hub id), refused when it has ids the embedding table lacks."""
     if isinstance(tokenizer, (str, Path)):
-        from .io import load_tokenizer
 
         tokenizer = load_tokenizer(tokenizer)
     if len(tokenizer) > config.vocab_size:

@@ -16,8 +16,11 @@ from typing import Callable
 
 import numpy as np
 
+from .batches import model_inputs, pads_to_full_length
 from .errors import MABertError
-from .io import atomic_file
+from .export import MAX_LENGTH_KEY, onnx_feed
+from .io import atomic_file, load_classifier
+from .longtext import document_logits, max_length_of
 
 csv.field_size_limit(sys.maxsize)
 
@@ -35,13 +38,12 @@ def torch_call(model) -> Callable[[dict], np.ndarray]:
     """A call function for `mabert.longtext.document_logits` running a PyTorch sequence classifier."""
     import torch
 
-    from .train import _model_inputs
 
     device = next(model.parameters()).device
 
     def call(batch):
         with torch.no_grad():
-            inputs = _model_inputs(model, {k: torch.from_numpy(v).to(device) for k, v in batch.items()})
+            inputs = model_inputs(model, {k: torch.from_numpy(v).to(device) for k, v in batch.items()})
             return model(**inputs).logits.float().cpu().numpy()
 
     return call
@@ -51,7 +53,6 @@ def onnx_call(path: str | Path, threads: int | None = None) -> Callable[[dict], 
     """A call function running an exported ONNX model (fp32 or int8) with ONNX Runtime on the CPU."""
     import onnxruntime as ort
 
-    from .export import onnx_feed
 
     options = ort.SessionOptions()
     if threads:
@@ -81,8 +82,6 @@ def load_scorer(model: str | Path, tokenizer: str | Path | None = None, threads:
 
     import mabert  # noqa: F401  (registers the MA model types)
 
-    from .longtext import max_length_of
-    from .train import pads_to_full_length
 
     path = Path(model)
     if not path.exists():
@@ -96,7 +95,6 @@ def load_scorer(model: str | Path, tokenizer: str | Path | None = None, threads:
     except (OSError, ValueError, TypeError):  # TypeError: a registered tokenizer class without its vocab file
         raise MABertError(f"no tokenizer in {source}; pass --tokenizer with the model directory it came from") from None
     if onnx_file is None:
-        from .io import load_classifier
 
         torch_model = load_classifier(path)
         config, call = torch_model.config, torch_call(torch_model)
@@ -121,7 +119,6 @@ def _graph_length_limit(path: Path) -> int | None:
         return length_limit(read_model(path))
     import onnx
 
-    from .export import MAX_LENGTH_KEY
 
     props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
     return int(props[MAX_LENGTH_KEY]) if MAX_LENGTH_KEY in props else None
@@ -240,7 +237,6 @@ def predict_file(model, input_path, out_path, text_columns=None, tokenizer=None,
     """Score every row of `input_path` and write the predictions to `out_path`; returns a small summary."""
     import time
 
-    from .longtext import document_logits
 
     numbers, texts, pairs = read_rows(input_path, text_columns)
     scorer = load_scorer(model, tokenizer, threads)

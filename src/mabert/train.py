@@ -9,16 +9,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import DataCollatorWithPadding, get_linear_schedule_with_warmup
 
-from .choices import HEAD_MLM, MASK_MULTIPLY
-from .kd_losses import IGNORE_LABEL, KDWeights, kd_loss
+from .attention import request_attention_maps
+from .batches import EpochShuffle, make_loader, model_inputs, pads_to_full_length
+from .bounds import calibrate_bounds
+from .choices import HEAD_MLM
+from .data import tokenize
 from .errors import MABertError, one_line
 from .handover import HandOver
-from .io import atomic_dir, atomic_file
-from .registry import head_of, model_input_names
+from .io import atomic_dir, atomic_file, save_model_dir
+from .kd_losses import ATTENTION_WEIGHT, IGNORE_LABEL, KDWeights, kd_loss, representation_loss
+from .powernorm import PowerNorm, calibrate_running_phi
+from .registry import head_of
 
 
 @dataclass
@@ -44,52 +49,10 @@ class TrainSettings:
     recalibrate_phi_batches: int = 16
 
 
-class EpochShuffle(Sampler):
-    """A permutation drawn from (seed, epoch): the same order again after a resume. Not grouped by length: with
-    batches of similar lengths, PowerNorm's batch statistics swung between batches of short sentences and batches
-    of long passages, and task KD diverged (attention MSE 0.02 → 0.28, a one-class student; mixed batches: 76.7 %
-    after 120 steps from the same start)."""
-
-    def __init__(self, size: int, seed: int):
-        self.size, self.seed, self.epoch = size, seed, 0
-
-    def choose_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def set_epoch(self, epoch: int) -> None:
-        """Ignored: accelerate calls this with its own iteration count, which restarts after a resume."""
-
-    def __len__(self):
-        return self.size
-
-    def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed * 1000 + self.epoch)
-        return iter(torch.randperm(self.size, generator=generator).tolist())
-
-
-def pads_to_full_length(model) -> int | None:
-    """Models using the original multiply masking must see length-L inputs; others pad dynamically."""
-    config = getattr(model, "config", None)
-    if getattr(config, "use_softmax_approx", False) and getattr(config, "softmax_mask_mode", "") == MASK_MULTIPLY:
-        return config.softmax_input_size
-    return None
-
-
-def make_loader(dataset, tokenizer, batch_size: int, shuffle_seed: int | None = None, pad_to: int | None = None):
-    collator = DataCollatorWithPadding(tokenizer, padding="max_length" if pad_to else "longest", max_length=pad_to)
-    sampler = EpochShuffle(len(dataset), shuffle_seed) if shuffle_seed is not None else None
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collator)
-
-
 def _labels_key(batch):
     if "labels" not in batch and "label" in batch:
         batch["labels"] = batch.pop("label")
     return batch
-
-
-def _model_inputs(model, batch):
-    """The entries of `batch` that the model's forward() takes (DistilBERT has no token_type_ids)."""
-    return {k: batch[k] for k in model_input_names(model) if k in batch}
 
 
 def parameter_groups(model, weight_decay: float) -> list[dict]:
@@ -212,12 +175,11 @@ def finetune(model, tokenizer, train_set, out_dir, settings: TrainSettings, max_
              card: dict | None = None) -> dict:
     """Plain fine-tuning (the teacher; an MA model gets its PowerNorm φ re-estimated at the end, as in KD).
     `card`: facts for the model card (mabert.modelcard), e.g. base_model, task, data."""
-    from .data import tokenize
 
     out_dir = Path(out_dir)
     loader = make_loader(tokenize(train_set, tokenizer, max_length), tokenizer, settings.batch_size, settings.seed,
                          pads_to_full_length(model))
-    result = train_loop(model, loader, lambda m, b: {"total": m(**_model_inputs(model, b), labels=b["labels"]).loss},
+    result = train_loop(model, loader, lambda m, b: {"total": m(**model_inputs(model, b), labels=b["labels"]).loss},
                         out_dir, settings, "fine-tune teacher")
     calibration = calibrate_for_inference(model, model, loader, settings.recalibrate_phi_batches)
     summary = _finish(result, tokenizer, out_dir, settings, {"stage": "finetune", **(card or {})})
@@ -232,10 +194,9 @@ def distill(teacher, student, tokenizer, train_set, out_dir, settings: TrainSett
     attention maps on them, without the task term."""
     from datasets import concatenate_datasets
 
-    from .data import tokenize
 
     out_dir = Path(out_dir)
-    _eager_attention(teacher)
+    request_attention_maps(teacher)
     teacher.eval()
     max_length = student.config.softmax_input_size
     encoded = tokenize(train_set, tokenizer, max_length)
@@ -250,8 +211,8 @@ def distill(teacher, student, tokenizer, train_set, out_dir, settings: TrainSett
 
     def step_loss(model, batch):
         with torch.no_grad():
-            t_out = teacher(**_model_inputs(teacher, batch), output_hidden_states=True, output_attentions=True)
-        s_out = model(**_model_inputs(student, batch), output_hidden_states=True, output_attentions=True)
+            t_out = teacher(**model_inputs(teacher, batch), output_hidden_states=True, output_attentions=True)
+        s_out = model(**model_inputs(student, batch), output_hidden_states=True, output_attentions=True)
         return kd_loss(s_out, t_out, batch["labels"], batch["attention_mask"], settings.kd, num_labels)
 
     return _kd_run(teacher, student, student, loader, step_loss, tokenizer, out_dir, settings, "distill MA student",
@@ -265,11 +226,9 @@ def kd_pretrain(teacher, student, tokenizer, texts, out_dir, settings: TrainSett
     warm up here; a fresh student is handed over from LayerNorm/GELU as in `distill`. Task heads are untouched."""
     from transformers import DataCollatorForLanguageModeling
 
-    from .data import tokenize
-    from .kd_losses import ATTENTION_WEIGHT, representation_loss
 
     out_dir = Path(out_dir)
-    _eager_attention(teacher)
+    request_attention_maps(teacher)
     teacher.eval()
     with_mlm = _has_mlm_head(student) and _has_mlm_head(teacher)
     encoded = tokenize(texts, tokenizer, student.config.softmax_input_size)
@@ -285,9 +244,9 @@ def kd_pretrain(teacher, student, tokenizer, texts, out_dir, settings: TrainSett
 
     def step_loss(model, batch):
         with torch.no_grad():
-            t_out = teacher_body(**_model_inputs(teacher, batch), output_hidden_states=True, output_attentions=True)
+            t_out = teacher_body(**model_inputs(teacher, batch), output_hidden_states=True, output_attentions=True)
         extra = {"labels": batch["labels"]} if with_mlm else {}
-        s_out = model(**_model_inputs(student, batch), output_hidden_states=True, output_attentions=True, **extra)
+        s_out = model(**model_inputs(student, batch), output_hidden_states=True, output_attentions=True, **extra)
         terms = representation_loss(s_out, t_out, batch["attention_mask"])
         terms["total"] = settings.kd.beta * (terms["hidden"] + ATTENTION_WEIGHT * terms["attention"])
         if with_mlm:
@@ -336,8 +295,6 @@ def calibrate_for_inference(trained, student, loader, batches: int) -> dict:
     Returns {"phi_recalibrated_batches": n, "bounds_calibrated": count}."""
     from itertools import islice
 
-    from .bounds import calibrate_bounds
-    from .powernorm import PowerNorm, calibrate_running_phi
 
     if not batches:
         return {"phi_recalibrated_batches": 0, "bounds_calibrated": 0}
@@ -345,7 +302,7 @@ def calibrate_for_inference(trained, student, loader, batches: int) -> dict:
     picked = list(islice(iter(loader), batches))
 
     def forward(model, batch):
-        return model(**{k: v.to(device) for k, v in _model_inputs(student, batch).items()})
+        return model(**{k: v.to(device) for k, v in model_inputs(student, batch).items()})
 
     norms = [m for m in student.modules() if isinstance(m, PowerNorm)]
     in_warmup = bool(norms) and all(int(n.iters.item()) <= n.warmup_iters for n in norms)
@@ -355,18 +312,6 @@ def calibrate_for_inference(trained, student, loader, batches: int) -> dict:
             "bounds_calibrated": calibrate_bounds(trained, picked, forward)}
 
 
-def _eager_attention(model) -> None:
-    """Attention maps are needed from the teacher; SDPA kernels do not return them."""
-    # a transformers-version check (set_attn_implementation is recent), not a model-family one
-    if hasattr(model, "set_attn_implementation"):
-        try:
-            model.set_attn_implementation("eager")
-            return
-        except Exception:  # older/other models: fall back to the config switch
-            pass
-    model.config._attn_implementation = "eager"
-
-
 def _finish(result: TrainResult, tokenizer, out_dir: Path, settings: TrainSettings, card: dict) -> dict:
     """Save the model (with its card), history.json and summary.json; returns the summary plus the live model."""
     model, history = result.model.eval(), result.history
@@ -374,7 +319,6 @@ def _finish(result: TrainResult, tokenizer, out_dir: Path, settings: TrainSettin
                "final_loss": history[-1]["total"] if history else None,
                "settings": {k: v for k, v in asdict(settings).items()}}
     if result.accelerator.is_main_process:
-        from .io import save_model_dir
 
         save_model_dir(model, out_dir / "model", tokenizer, card={**card, **summary})
         with atomic_file(out_dir / "history.json") as tmp:
