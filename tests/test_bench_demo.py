@@ -69,8 +69,8 @@ def test_demo_pipeline_end_to_end_toy(tmp_path, capsys):
     report = Pipeline(tmp_path, DemoSettings.toy()).run()
     text = report.read_text()
     assert "MA student accuracy" in text and "audit MA student ONNX | PASS" in text
-    for artefact in ("teacher/model/model.safetensors", "student/model/model.safetensors", "onnx/ma-student.onnx",
-                     "onnx/ma-student-int8.onnx", "bench/bench.json", "bench/bench.png", "training_curves.png",
+    for artefact in ("teacher/model/model.safetensors", "student/model/model.safetensors", "export/model.onnx",
+                     "export/model_quantized.onnx", "onnx/ma-student-static-int8.onnx", "bench/bench.json", "bench/bench.png", "training_curves.png",
                      "teacher.json", "general.json", "distill.json", "export.json", "robustness.json",
                      "general/model/model.safetensors"):
         assert (tmp_path / artefact).exists(), artefact

@@ -30,7 +30,7 @@ from .io import atomic_file, load_classifier, save_model_dir
 from .metrics import compute_metrics
 from .modelcard import add_metrics
 from .predict import predict_file
-from .quantize import onnx_predict, quantize_dynamic_int8, quantize_static_int8
+from .quantize import onnx_predict, quantize_static_int8
 from .recipe import Recipe, distill_task, finetune_teacher, general_model, task_student
 from .report import write_report
 
@@ -196,32 +196,34 @@ class Pipeline:
         task, held_out = self.data(self.eval_split())
         student = load_classifier(self.out / "student" / "model")
         teacher = load_classifier(self.out / "teacher" / "model")
-        fused = fuse(student)
-        # what a user deploys: model.onnx (+ int8) with config, tokenizer and card, loadable by optimum/pipeline
-        export_model_dir(self.out / "student" / "model", self.out / "export", int8=True)
+        # what a user deploys: model.onnx (fused; its folds checked in float64) + dynamic int8, config, tokenizer and
+        # card, loadable by optimum/pipeline; the graphs are scored from there rather than exported a second time
+        export_dir = self.out / "export"
+        export_model_dir(self.out / "student" / "model", export_dir, int8=True)
+        fused = fuse(student, check=False)  # the same folds export_model_dir just checked
         onnx_dir = self.out / "onnx"
-        export_onnx(fused, onnx_dir / "ma-student.onnx")
         export_onnx(teacher, onnx_dir / "bert-teacher.onnx")
-        quantize_dynamic_int8(onnx_dir / "ma-student.onnx", onnx_dir / "ma-student-int8.onnx")
+        graphs = {"ma-student": export_dir / "model.onnx", "ma-student-int8": export_dir / "model_quantized.onnx",
+                  "ma-student-static-int8": onnx_dir / "ma-student-static-int8.onnx"}
         tokenizer = self.tokenizer()
         _, train = self.data("train")
         length = student.config.softmax_input_size  # the longest input the student takes
         calibration = make_loader(tokenize(train.select(range(min(len(train), 256))), tokenizer, length), tokenizer, 32)
-        quantize_static_int8(onnx_dir / "ma-student.onnx", onnx_dir / "ma-student-static-int8.onnx",
+        quantize_static_int8(graphs["ma-student"], graphs["ma-student-static-int8"],
                              [{"input_ids": b["input_ids"].numpy(), "attention_mask": b["attention_mask"].numpy()}
                               for b in calibration])
         loader = make_loader(tokenize(held_out, tokenizer, length), tokenizer, 64)
         batches = [(b["input_ids"].numpy(), b["attention_mask"].numpy()) for b in loader]
         labels = torch.cat([b["labels"] for b in loader]).numpy()
         accuracy, logits = {}, {}
-        for name in ("ma-student", "ma-student-int8", "ma-student-static-int8"):
-            logits[name] = onnx_predict(onnx_dir / f"{name}.onnx", batches, self.settings.threads)
+        for name, graph in graphs.items():
+            logits[name] = onnx_predict(graph, batches, self.settings.threads)
             accuracy[name] = compute_metrics(task.metric, logits[name].argmax(-1), labels)
         torch_batches = [tuple(torch.from_numpy(a) for a in b) for b in batches]
         with torch.no_grad():
             reference = torch.cat([student(ids, attention_mask=mask).logits for ids, mask in torch_batches]).numpy()
         onnx_error = float(abs(logits["ma-student"] - reference).max() / abs(reference).max())
-        return {"audit_student": audit(onnx_dir / "ma-student.onnx"), "audit_teacher": audit(onnx_dir / "bert-teacher.onnx"),
+        return {"audit_student": audit(graphs["ma-student"]), "audit_teacher": audit(onnx_dir / "bert-teacher.onnx"),
                 "onnx_metrics": accuracy,
                 # fp32 rounding, measured on the held-out inputs, relative to the largest |logit| (the folds
                 # themselves were checked exact in float64 by fuse)
