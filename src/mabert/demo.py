@@ -103,7 +103,6 @@ class Pipeline:
         return record
 
     def data(self, split: str):
-
         task, dataset = load_task(self.settings.task, split, self.settings.data_dir)
         limit = self.settings.train_limit if split == "train" else self.settings.eval_limit
         if limit and len(dataset) > limit:
@@ -119,7 +118,6 @@ class Pipeline:
         return AutoTokenizer.from_pretrained(self.teacher_source)
 
     def record_in_card(self, model_dir: Path, metrics: dict, examples: int) -> None:
-
         add_metrics(model_dir, {"task": self.settings.task, "split": self.eval_split(), "examples": examples,
                                 "values": {k: v for k, v in metrics.items() if isinstance(v, float)}})
 
@@ -127,7 +125,6 @@ class Pipeline:
         """What users meet: held-out accuracy per length (single and 4-joined held-out examples), and agreement
         with the teacher on bundled text never distilled on (short snippets and 4 joined)."""
         from datasets import Dataset
-
 
         task, held_out = self.data(self.eval_split())
         tokenizer = self.tokenizer()
@@ -152,7 +149,6 @@ class Pipeline:
 
     # --- stages ---------------------------------------------------------------------
     def run_teacher(self) -> dict:
-
         task, train = self.data("train")
         _, held_out = self.data(self.eval_split())
         summary = finetune_teacher(self.teacher_source, self.tokenizer(), train, task.num_labels, self.out / "teacher",
@@ -163,14 +159,12 @@ class Pipeline:
                 "train_examples": len(train), "eval_examples": len(held_out), "eval_split": self.eval_split()}
 
     def run_general(self) -> dict:
-
         passages = bundled_passages(seed=self.settings.recipe.seed)
         check, passages = passages.select(range(128)), passages.select(range(128, len(passages)))
         return general_model(self.teacher_source, self.tokenizer(), passages, self.out / "general",
                              self.settings.recipe, check_passages=check)
 
     def run_convert(self) -> dict:
-
         _, train = self.data("train")
         general = self.out / "general" / "model" if self.settings.recipe.general_steps else None
         student, record = task_student(load_classifier(self.out / "teacher" / "model"), self.tokenizer(), train,
@@ -179,7 +173,6 @@ class Pipeline:
         return record
 
     def run_distill(self) -> dict:
-
         task, train = self.data("train")
         _, held_out = self.data(self.eval_split())
         summary = distill_task(load_classifier(self.out / "teacher" / "model"), load_classifier(self.out / "student-init"),
@@ -192,7 +185,6 @@ class Pipeline:
                                                                "bounds_calibrated")}}
 
     def run_export(self) -> dict:
-
         task, held_out = self.data(self.eval_split())
         student = load_classifier(self.out / "student" / "model")
         teacher = load_classifier(self.out / "teacher" / "model")

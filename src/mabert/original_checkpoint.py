@@ -186,7 +186,6 @@ def from_original_checkpoint(path, original_config=None, save_to=None, tokenizer
         )
     model.eval()
     if save_to is not None:
-
         save_model_dir(model, save_to, _matching_tokenizer(tokenizer, config) if tokenizer is not None else None,
                        card={"stage": "import-original", "data": f"released checkpoint {Path(path).name}"})
     return model
@@ -195,7 +194,6 @@ def from_original_checkpoint(path, original_config=None, save_to=None, tokenizer
 def _matching_tokenizer(tokenizer, config):
     """`tokenizer` (loaded when a path or hub id), refused when it has ids the embedding table lacks."""
     if isinstance(tokenizer, (str, Path)):
-
         tokenizer = load_tokenizer(tokenizer)
     if len(tokenizer) > config.vocab_size:
         raise MABertError(f"the tokenizer has {len(tokenizer):,} tokens but the checkpoint's vocabulary "

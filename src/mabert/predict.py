@@ -38,7 +38,6 @@ def torch_call(model) -> Callable[[dict], np.ndarray]:
     """A call function for `mabert.longtext.document_logits` running a PyTorch sequence classifier."""
     import torch
 
-
     device = next(model.parameters()).device
 
     def call(batch):
@@ -52,7 +51,6 @@ def torch_call(model) -> Callable[[dict], np.ndarray]:
 def onnx_call(path: str | Path, threads: int | None = None) -> Callable[[dict], np.ndarray]:
     """A call function running an exported ONNX model (fp32 or int8) with ONNX Runtime on the CPU."""
     import onnxruntime as ort
-
 
     options = ort.SessionOptions()
     if threads:
@@ -82,7 +80,6 @@ def load_scorer(model: str | Path, tokenizer: str | Path | None = None, threads:
 
     import mabert  # noqa: F401  (registers the MA model types)
 
-
     path = Path(model)
     if not path.exists():
         raise MABertError(f"{path} not found: give a model directory, an export directory or an .onnx file")
@@ -95,7 +92,6 @@ def load_scorer(model: str | Path, tokenizer: str | Path | None = None, threads:
     except (OSError, ValueError, TypeError):  # TypeError: a registered tokenizer class without its vocab file
         raise MABertError(f"no tokenizer in {source}; pass --tokenizer with the model directory it came from") from None
     if onnx_file is None:
-
         torch_model = load_classifier(path)
         config, call = torch_model.config, torch_call(torch_model)
     else:
@@ -118,7 +114,6 @@ def _graph_length_limit(path: Path) -> int | None:
 
         return length_limit(read_model(path))
     import onnx
-
 
     props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
     return int(props[MAX_LENGTH_KEY]) if MAX_LENGTH_KEY in props else None
@@ -236,7 +231,6 @@ def predict_file(model, input_path, out_path, text_columns=None, tokenizer=None,
                  progress: bool = True) -> dict:
     """Score every row of `input_path` and write the predictions to `out_path`; returns a small summary."""
     import time
-
 
     numbers, texts, pairs = read_rows(input_path, text_columns)
     scorer = load_scorer(model, tokenizer, threads)

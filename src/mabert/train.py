@@ -194,7 +194,6 @@ def distill(teacher, student, tokenizer, train_set, out_dir, settings: TrainSett
     attention maps on them, without the task term."""
     from datasets import concatenate_datasets
 
-
     out_dir = Path(out_dir)
     request_attention_maps(teacher)
     teacher.eval()
@@ -225,7 +224,6 @@ def kd_pretrain(teacher, student, tokenizer, texts, out_dir, settings: TrainSett
     100·Σ attention MSE)), plus the student's MLM loss when both models have an MLM head. PowerNorm statistics
     warm up here; a fresh student is handed over from LayerNorm/GELU as in `distill`. Task heads are untouched."""
     from transformers import DataCollatorForLanguageModeling
-
 
     out_dir = Path(out_dir)
     request_attention_maps(teacher)
@@ -295,7 +293,6 @@ def calibrate_for_inference(trained, student, loader, batches: int) -> dict:
     Returns {"phi_recalibrated_batches": n, "bounds_calibrated": count}."""
     from itertools import islice
 
-
     if not batches:
         return {"phi_recalibrated_batches": 0, "bounds_calibrated": 0}
     device = next(trained.parameters()).device
@@ -319,7 +316,6 @@ def _finish(result: TrainResult, tokenizer, out_dir: Path, settings: TrainSettin
                "final_loss": history[-1]["total"] if history else None,
                "settings": {k: v for k, v in asdict(settings).items()}}
     if result.accelerator.is_main_process:
-
         save_model_dir(model, out_dir / "model", tokenizer, card={**card, **summary})
         with atomic_file(out_dir / "history.json") as tmp:
             tmp.write_text(json.dumps(history))
