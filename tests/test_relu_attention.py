@@ -68,3 +68,23 @@ def test_handover_blends_softmax_into_relu_attention(tmp_path):
     assert loaded.config.attention_kind == "relu"
     with torch.no_grad():
         torch.testing.assert_close(loaded(ids, attention_mask=mask).logits, plain, atol=0, rtol=0)
+
+
+def test_fit_to_teacher_only_calibrates_phi_for_relu_attention(tiny_vocab, monkeypatch):
+    from datasets import Dataset
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    import mabert.fitting as fitting
+
+    tokenizer = BertTokenizerFast(vocab_file=str(tiny_vocab))
+    torch.manual_seed(0)
+    teacher = make_realistic(BertForSequenceClassification(BertConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=48, max_position_embeddings=64, num_labels=2))).eval()
+    student = mabert.convert(teacher, attention_kind="relu", softmax_input_size=16)
+    texts = Dataset.from_dict({"text_a": ["the movie was great", "a boring plot and bad acting"] * 4})
+    monkeypatch.setattr(fitting, "collect_score_rows", lambda *a, **k: pytest.fail("score rows collected"))
+    record = fitting.fit_to_teacher(student, teacher, tokenizer, texts, steps=2)
+    assert record == {"approximator_mse_per_layer": [], "score_rows_per_layer": 0, "phi_calibrated": True}
+    phi = student.bert.encoder.layer[0].output.LayerNorm.running_phi
+    assert not torch.equal(phi, torch.ones_like(phi))  # φ measured on the texts, not the initial 1

@@ -115,7 +115,6 @@ def collect_score_rows(teacher: nn.Module, batches, length: int, rows_per_layer:
 def fit_student_approximators(student: nn.Module, teacher_rows, steps: int = 400, seed: int = 0) -> list[float]:
     """Fit each student approximator on the rows of the teacher layer it maps to (all rows if shared).
     Returns the MSE to softmax per student layer."""
-
     approximators = [parts.approximator for parts in layer_parts(student)]
     mapping = layer_map(len(approximators), len(teacher_rows))
     if not all(isinstance(a, SoftmaxApproximator) for a in approximators):
@@ -139,15 +138,16 @@ def fit_to_teacher(student: nn.Module, teacher: nn.Module, tokenizer, texts, cou
                    seed: int = 0) -> dict:
     """The step between conversion and KD: fit the student's approximators on the teacher's real score rows for
     the first `count` of `texts` (a dataset with text_a[/text_b]); for a student whose PowerNorms are untrained,
-    also set their φ from the same texts (inference would otherwise divide by the initial φ = 1)."""
-
+    also set their φ from the same texts (inference would otherwise divide by the initial φ = 1). A student with
+    ReLU attention has nothing to fit: the teacher's score rows are then not collected."""
     length = student.config.softmax_input_size
     loader = make_loader(tokenize(texts.select(range(min(len(texts), count))), tokenizer, length), tokenizer, 32)
-    rows = collect_score_rows(teacher, loader, length, seed=seed)
-    errors = fit_student_approximators(student, rows, steps=steps, seed=seed)
+    has_approximators = all(isinstance(p.approximator, SoftmaxApproximator) for p in layer_parts(student))
+    rows = collect_score_rows(teacher, loader, length, seed=seed) if has_approximators else []
+    errors = fit_student_approximators(student, rows, steps=steps, seed=seed) if has_approximators else []
     norms = [m for m in student.modules() if isinstance(m, PowerNorm)]
     calibrated = bool(norms) and all(int(n.iters.item()) == 0 for n in norms)
     if calibrated:
         calibrate_running_phi(student, loader, lambda model, batch: model(**model_inputs(model, batch)))
-    return {"approximator_mse_per_layer": errors, "score_rows_per_layer": int(rows[0][0].shape[0]),
+    return {"approximator_mse_per_layer": errors, "score_rows_per_layer": int(rows[0][0].shape[0]) if rows else 0,
             "phi_calibrated": calibrated}
