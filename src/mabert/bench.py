@@ -142,20 +142,10 @@ def ratio_pairs(candidates) -> list[tuple[Candidate, Candidate]]:
     return [(c, b) for c, b in pairs if b is not None]
 
 
-def _session(path, threads):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
 def _ort_runner(path, threads):
-    from .export import onnx_feed
+    from .export import onnx_feed, ort_session
 
-    session = _session(path, threads)
+    session = ort_session(path, threads)
     return lambda ids, mask: session.run(None, onnx_feed(session, ids.numpy(), mask.numpy()))[0]
 
 

@@ -138,16 +138,47 @@ def format_audit(report: dict) -> str:
     return "\n".join(lines)
 
 
+def ort_session(onnx_path: str | Path, threads: int | None = None, profile_prefix: str | None = None):
+    """The one way mabert opens an ONNX Runtime session: CPU, `threads` intra-op threads, one inter-op thread, all
+    graph optimisations (ORT's default), optionally profiling; a file ORT cannot load is one plain error."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if profile_prefix:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
+    try:
+        return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise MABertError(f"ONNX Runtime cannot load {onnx_path} ({type(exc).__name__}); export one with "
+                          "`mabert export`") from None
+
+
+def graph_length_limit(onnx_path: str | Path) -> int | None:
+    """The L an exported MA graph records in its metadata (plain graphs and int8 copies may have none)."""
+    import onnx
+
+    props = {p.key: p.value for p in onnx.load(str(onnx_path), load_external_data=False).metadata_props}
+    return int(props[MAX_LENGTH_KEY]) if MAX_LENGTH_KEY in props else None
+
+
+def refuse_longer_than(length: int, limit: int | None) -> None:
+    """One plain error for inputs longer than a graph's L, whichever runtime runs it."""
+    if limit is not None and length > int(limit):
+        raise MABertError(f"inputs of {length} tokens are longer than this MA model takes (L = {limit}); truncate "
+                          f"them to {limit} tokens (tokenizer(..., truncation=True, max_length={limit}))")
+
+
 def onnx_feed(session, input_ids, attention_mask, token_type_ids=None) -> dict:
     """The inputs an ONNX Runtime session declares (DistilBERT graphs have no token_type_ids), refused with a
     plain message when longer than the length limit the graph records."""
     import numpy as np
 
-    limit = session.get_modelmeta().custom_metadata_map.get(MAX_LENGTH_KEY)
-    length = np.shape(input_ids)[-1]
-    if limit is not None and length > int(limit):
-        raise MABertError(f"inputs of {length} tokens are longer than this MA model takes (L = {limit}); truncate "
-                          f"them to {limit} tokens (tokenizer(..., truncation=True, max_length={limit}))")
+    refuse_longer_than(np.shape(input_ids)[-1], session.get_modelmeta().custom_metadata_map.get(MAX_LENGTH_KEY))
     arrays = {"input_ids": np.asarray(input_ids, dtype=np.int64),
               "attention_mask": np.asarray(attention_mask, dtype=np.int64)}
     arrays["token_type_ids"] = (np.zeros_like(arrays["input_ids"]) if token_type_ids is None

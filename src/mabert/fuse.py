@@ -88,6 +88,8 @@ class FusedBound(nn.Module):
 class FusedApproximator(nn.Module):
     """The softmax approximator applied inside attention, directly or reassociated (see module docstring)."""
 
+    value_scale = 1.0  # what FusedLayer folds into the value projection (ReLU attention's 1/L; nothing here)
+
     def __init__(self, stack: nn.Sequential, masked_outputs: bool, reassociate: bool, dtype):
         super().__init__()
         self.w1, self.b1 = _frozen(stack[0].weight, dtype), _frozen(stack[0].bias, dtype)
@@ -131,7 +133,7 @@ class FusedLayer(nn.Module):
         self.num_heads = num_heads
         self.query = FusedLinear(*scale_linear(*as64(parts.query), head_dim ** -0.5), dtype)
         self.key = FusedLinear(*as64(parts.key), dtype)
-        self.value = FusedLinear(*scale_linear(*as64(parts.value), getattr(approximator, "value_scale", 1.0)), dtype)
+        self.value = FusedLinear(*scale_linear(*as64(parts.value), approximator.value_scale), dtype)
         self.attention_out = FusedLinear(*fold_norm_into_writer(*as64(parts.attention_out), s1, t1), dtype)
         self.ffn_in = FusedLinear(*as64(parts.ffn_in), dtype)
         self.ffn_out = FusedLinear(*fold_norm_into_writer(*as64(parts.ffn_out), s2, t2), dtype)

@@ -17,6 +17,7 @@ from typing import Callable
 import numpy as np
 
 from .errors import MABertError, one_line
+from .export import graph_length_limit, refuse_longer_than
 
 FP32_XML = "openvino_model.xml"
 INT8_XML = "openvino_model_int8.xml"
@@ -72,15 +73,6 @@ def length_limit(model) -> int | None:
     return int(model.get_rt_info(_RT_KEY).astype(str)) if model.has_rt_info(_RT_KEY) else None
 
 
-def _onnx_length_limit(onnx_path: Path) -> int | None:
-    import onnx
-
-    from .export import MAX_LENGTH_KEY
-
-    props = {p.key: p.value for p in onnx.load(str(onnx_path), load_external_data=False).metadata_props}
-    return int(props[MAX_LENGTH_KEY]) if MAX_LENGTH_KEY in props else None
-
-
 def _convert(onnx_path: Path):
     ov = _openvino()
     if not onnx_path.is_file():
@@ -89,7 +81,7 @@ def _convert(onnx_path: Path):
         model = ov.convert_model(str(onnx_path))
     except Exception as exc:  # the frontend raises its own types for unreadable graphs and unsupported ops
         raise MABertError(f"OpenVINO cannot convert {onnx_path}: {one_line(exc, 200)}") from None
-    limit = _onnx_length_limit(onnx_path)
+    limit = graph_length_limit(onnx_path)
     if limit is not None:
         model.set_rt_info(str(limit), _RT_KEY)
     return model
@@ -149,7 +141,7 @@ def export_openvino(onnx_path: str | Path, out_dir: str | Path, int8: bool = Fal
         raise MABertError("OpenVINO int8 needs calibration inputs from real text (calibration_feeds)")
     with atomic_dir(out_dir) as tmp:
         files = write_openvino(onnx_path, tmp, int8, calibration_feeds)
-    return {"dir": str(out_dir), "files": files, "max_sequence_length": _onnx_length_limit(onnx_path)}
+    return {"dir": str(out_dir), "files": files, "max_sequence_length": graph_length_limit(onnx_path)}
 
 
 def _xml_path(model_dir_or_xml: str | Path) -> Path:
@@ -189,13 +181,6 @@ def _compile(model, threads, hint="LATENCY", profile=False):
         raise MABertError(f"OpenVINO cannot compile the model for the CPU: {one_line(exc, 200)}") from None
 
 
-def _check_length(feed: dict, limit: int | None) -> None:
-    length = np.shape(feed["input_ids"])[-1]
-    if limit is not None and length > limit:
-        raise MABertError(f"inputs of {length} tokens are longer than this MA model takes (L = {limit}); truncate "
-                          f"them to {limit} tokens (tokenizer(..., truncation=True, max_length={limit}))")
-
-
 def openvino_call(model_dir_or_xml: str | Path, threads: int | None = None,
                   hint: str = "LATENCY") -> Callable[[dict], np.ndarray]:
     """A call function (feed dict of int64 input_ids, attention_mask, token_type_ids → logits) running an
@@ -207,7 +192,7 @@ def openvino_call(model_dir_or_xml: str | Path, threads: int | None = None,
     request = _compile(model, threads, hint).create_infer_request()
 
     def call(batch):
-        _check_length(batch, limit)
+        refuse_longer_than(np.shape(batch["input_ids"])[-1], limit)
         request.infer(_fit(batch, names))
         return request.get_output_tensor(0).data.copy()
 
@@ -220,7 +205,7 @@ def openvino_profile(model_dir_or_xml: str | Path, feed: dict, threads: int = 2,
     (FullyConnected, MatMul, Eltwise, Subgraph…), not the ONNX ops. Same shape as `opprofile.op_type_times`."""
     model = read_model(model_dir_or_xml)
     names = _input_names(model)
-    _check_length(feed, length_limit(model))
+    refuse_longer_than(np.shape(feed["input_ids"])[-1], length_limit(model))
     request = _compile(model, threads, profile=True).create_infer_request()
     inputs = _fit(feed, names)
     request.infer(inputs)  # warm-up (counters are per inference, so it is simply not summed)

@@ -1,5 +1,5 @@
 """Where the time goes inside an ONNX Runtime session: milliseconds per run by operator type, from ORT's own
-profiler (the same session options as the benchmark)."""
+profiler (the session options of `mabert.export.ort_session`, as everywhere)."""
 from __future__ import annotations
 
 import json
@@ -12,16 +12,10 @@ from pathlib import Path
 def op_type_times(onnx_path: str | Path, feed: dict, threads: int = 2, runs: int = 5) -> dict[str, float]:
     """Mean milliseconds per run spent in each op type (kernel time; one warm-up run is not counted),
     largest first."""
-    import onnxruntime as ort
+    from .export import ort_session
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     with tempfile.TemporaryDirectory() as tmp:
-        options.enable_profiling = True
-        options.profile_file_prefix = os.path.join(tmp, "ort")
-        session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        session = ort_session(onnx_path, threads, profile_prefix=os.path.join(tmp, "ort"))
         feed = {k: v for k, v in feed.items() if k in {i.name for i in session.get_inputs()}}
         for _ in range(runs + 1):
             session.run(None, feed)

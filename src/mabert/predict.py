@@ -18,7 +18,7 @@ import numpy as np
 
 from .batches import model_inputs, pads_to_full_length
 from .errors import MABertError
-from .export import MAX_LENGTH_KEY, onnx_feed
+from .export import graph_length_limit, onnx_feed, ort_session
 from .io import atomic_file, load_classifier
 from .longtext import document_logits, max_length_of
 
@@ -50,16 +50,7 @@ def torch_call(model) -> Callable[[dict], np.ndarray]:
 
 def onnx_call(path: str | Path, threads: int | None = None) -> Callable[[dict], np.ndarray]:
     """A call function running an exported ONNX model (fp32 or int8) with ONNX Runtime on the CPU."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-    try:
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        raise MABertError(f"ONNX Runtime cannot load {path} ({type(exc).__name__}); export one with "
-                          "`mabert export`") from None
+    session = ort_session(path, threads)
     return lambda batch: session.run(None, onnx_feed(session, batch["input_ids"], batch["attention_mask"],
                                                      batch["token_type_ids"]))[0]
 
@@ -108,15 +99,12 @@ def load_scorer(model: str | Path, tokenizer: str | Path | None = None, threads:
 
 
 def _graph_length_limit(path: Path) -> int | None:
-    """The L an exported MA graph records in its metadata (plain graphs and int8 copies may have none)."""
+    """The L an exported graph records (ONNX metadata or OpenVINO rt_info; plain graphs may have none)."""
     if path.suffix == ".xml":
         from .openvino_runtime import length_limit, read_model
 
         return length_limit(read_model(path))
-    import onnx
-
-    props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-    return int(props[MAX_LENGTH_KEY]) if MAX_LENGTH_KEY in props else None
+    return graph_length_limit(path)
 
 
 def _decoded_lines(path: Path, errors: dict[int, str]):

@@ -69,11 +69,7 @@ def quantize_static_int8(src: str | Path, dst: str | Path, calibration_feeds: li
 
 def onnx_predict(path: str | Path, batches, threads: int = 2) -> np.ndarray:
     """Logits of an ONNX model over (input_ids, attention_mask[, token_type_ids]) numpy batches."""
-    import onnxruntime as ort
+    from .export import onnx_feed, ort_session
 
-    from .export import onnx_feed
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = ort_session(path, threads)
     return np.concatenate([session.run(None, onnx_feed(session, *batch))[0] for batch in batches])
