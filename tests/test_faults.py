@@ -186,6 +186,26 @@ def test_stale_temporaries_of_a_killed_run_are_removed(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [f".checkpoint.tmp-{os.getppid()}-x4", "checkpoint", "m.onnx"]
 
 
+def test_an_interrupt_during_clean_up_leaves_no_old_copy(tmp_path, monkeypatch):
+    """SIGINT arriving while the replaced copy is being removed waits until it is gone (CI once saw
+    `.checkpoint.old-*` left behind by an interrupt at exactly that moment)."""
+    with atomic_dir(tmp_path / "checkpoint") as tmp:
+        (tmp / "state.json").write_text("1")
+    real_rmtree = mabert.io.shutil.rmtree
+
+    def interrupted_rmtree(path, *args, **kwargs):
+        if ".old-" in Path(path).name:
+            signal.raise_signal(signal.SIGINT)  # delivered before the removal starts
+        return real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(mabert.io.shutil, "rmtree", interrupted_rmtree)
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_dir(tmp_path / "checkpoint") as tmp:
+            (tmp / "state.json").write_text("2")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]
+    assert (tmp_path / "checkpoint" / "state.json").read_text() == "2"
+
+
 def test_concurrent_writers_take_turns(tmp_path):
     errors = []
 

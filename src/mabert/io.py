@@ -168,8 +168,9 @@ def atomic_dir(target: str | Path):
                 target.rename(old)
             tmp.rename(target)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
+        with _signals_held():  # an interrupt arriving now must not cut the clean-up short and leave `old` behind
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(old, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -184,8 +185,9 @@ def atomic_file(target: str | Path):
         yield Path(tmp)
         os.replace(tmp, target)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        with _signals_held():
+            if os.path.exists(tmp):
+                os.unlink(tmp)
 
 
 def save_model_dir(model, out_dir: str | Path, tokenizer=None, card: dict | None = None) -> Path:
