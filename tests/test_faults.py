@@ -186,18 +186,30 @@ def test_stale_temporaries_of_a_killed_run_are_removed(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [f".checkpoint.tmp-{os.getppid()}-x4", "checkpoint", "m.onnx"]
 
 
-def test_an_interrupt_during_clean_up_leaves_no_old_copy(tmp_path, monkeypatch):
-    """SIGINT arriving while the replaced copy is being removed waits until it is gone (CI once saw
-    `.checkpoint.old-*` left behind by an interrupt at exactly that moment)."""
+def test_an_interrupt_while_the_temporary_is_made_or_removed_leaves_nothing(tmp_path, monkeypatch):
+    """SIGINT arriving just after the temporary folder is made, or while the replaced copy is being removed, waits
+    until the folder is known or gone (CI and a 60-run trial saw `.checkpoint.tmp-*` and `.checkpoint.old-*` left
+    by interrupts at exactly those moments)."""
     with atomic_dir(tmp_path / "checkpoint") as tmp:
         (tmp / "state.json").write_text("1")
-    real_rmtree = mabert.io.shutil.rmtree
+    real_mkdtemp, real_rmtree = mabert.io.tempfile.mkdtemp, mabert.io.shutil.rmtree
+
+    def interrupted_mkdtemp(*args, **kwargs):
+        made = real_mkdtemp(*args, **kwargs)
+        signal.raise_signal(signal.SIGINT)  # the folder exists, its name not yet returned
+        return made
 
     def interrupted_rmtree(path, *args, **kwargs):
         if ".old-" in Path(path).name:
             signal.raise_signal(signal.SIGINT)  # delivered before the removal starts
         return real_rmtree(path, *args, **kwargs)
 
+    monkeypatch.setattr(mabert.io.tempfile, "mkdtemp", interrupted_mkdtemp)
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_dir(tmp_path / "checkpoint") as tmp:
+            raise AssertionError("not reached: the interrupt comes first")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]
+    monkeypatch.undo()
     monkeypatch.setattr(mabert.io.shutil, "rmtree", interrupted_rmtree)
     with pytest.raises(KeyboardInterrupt):
         with atomic_dir(tmp_path / "checkpoint") as tmp:

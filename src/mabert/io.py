@@ -157,9 +157,11 @@ def atomic_dir(target: str | Path):
     with _folder_lock(target.parent):  # another writer may be renaming `target` right now
         claim_output(target, overwrite=True)
     _sweep_stale(target)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
-    old = tmp.with_name(tmp.name.replace(".tmp-", ".old-", 1))  # unique too: writers may overlap
+    tmp = old = None
     try:
+        with _signals_held():  # an interrupt must not land between creating the folder and knowing its name
+            tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
+        old = tmp.with_name(tmp.name.replace(".tmp-", ".old-", 1))  # unique too: writers may overlap
         yield tmp
         _write_marker(tmp)
         with _folder_lock(target.parent), _signals_held():
@@ -169,8 +171,9 @@ def atomic_dir(target: str | Path):
             tmp.rename(target)
     finally:
         with _signals_held():  # an interrupt arriving now must not cut the clean-up short and leave `old` behind
-            shutil.rmtree(tmp, ignore_errors=True)
-            shutil.rmtree(old, ignore_errors=True)
+            for leftover in (tmp, old):
+                if leftover is not None:
+                    shutil.rmtree(leftover, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -179,14 +182,17 @@ def atomic_file(target: str | Path):
     target = claim_output(target, overwrite=True, directory=False)
     target.parent.mkdir(parents=True, exist_ok=True)
     _sweep_stale(target)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.tmp-{os.getpid()}-", suffix=target.suffix, dir=target.parent)
-    os.close(fd)
+    tmp = None
     try:
+        with _signals_held():  # an interrupt must not land between creating the file and knowing its name
+            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.tmp-{os.getpid()}-", suffix=target.suffix,
+                                       dir=target.parent)
+            os.close(fd)
         yield Path(tmp)
         os.replace(tmp, target)
     finally:
         with _signals_held():
-            if os.path.exists(tmp):
+            if tmp is not None and os.path.exists(tmp):
                 os.unlink(tmp)
 
 
