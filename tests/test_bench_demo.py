@@ -2,6 +2,8 @@ import json
 
 import pytest
 
+from mabert.fuse import cheaper_to_reassociate
+
 from mabert.bench import (bert_matmul_flops, fixed_workload, format_benchmark, ma_matmul_flops, random_pair,
                           real_workload, run_benchmark)
 
@@ -35,6 +37,14 @@ def test_benchmark_report_shape_and_ratios(tmp_path):
                                                / rows["MA fused ORT fp32"]["median_ms"])
         assert not ratio["converged"]  # 2 rounds are fewer than an interval needs
         assert work["gemm_floor_ms"]["BERT"] > 0
+        if work["batches"] == 1:  # one shape: the floor is that shape's matrix products at the measured rate
+            batch, length = len(work["lengths"][0]), work["padded_lengths"][0]
+            for row in rows.values():
+                flops = (bert_matmul_flops(teacher.config, batch, length) if row["family"] == "bert"
+                         else ma_matmul_flops(student.config, batch, length, cheaper_to_reassociate(student.config)))
+                rate = saved["matmul_gflops"] if row["precision"] == "fp32" else saved["int8_matmul_gops"]
+                assert row["floor_ms"] == pytest.approx(flops / rate / 1e6)
+                assert row["floor_share"] == pytest.approx(row["floor_ms"] / row["median_ms"])
     assert (tmp_path / "bench.png").stat().st_size > 1000
     # ORT's profile of each ORT candidate: the MA graph runs only matrix-arithmetic kernels, BERT's does not
     from mabert.export import ALLOWED_OPS

@@ -130,15 +130,15 @@ def test_candidates_and_profile(tmp_path):
                                                     num_attention_heads=4, intermediate_size=48)).eval()
     bert_onnx = export_onnx(bert, tmp_path / "bert.onnx")
     candidates = openvino_candidates(ma_onnx, bert_onnx, calibration(16), tmp_path / "work", threads=1)
-    assert set(candidates) == {"ma openvino fp32", "ma openvino int8", "bert openvino fp32", "bert openvino int8"}
+    assert set(candidates) == {("ma", "fp32"), ("ma", "int8"), ("bert", "fp32"), ("bert", "int8")}
     feed = padded_batch(4, 12)
-    for name, call in candidates.items():
+    for key, (call, xml) in candidates.items():
         logits = call(feed)
-        assert logits.shape == (4, 2) and np.isfinite(logits).all(), name
-    np.testing.assert_allclose(candidates["ma openvino fp32"](feed), onnx_call(ma_onnx)(feed), atol=1e-5, rtol=1e-4)
-    assert set(openvino_candidates(ma_onnx, bert_onnx, None, tmp_path / "work2", 1)) == {"ma openvino fp32",
-                                                                                         "bert openvino fp32"}
-    times = openvino_profile(tmp_path / "work" / "ma-openvino", feed, threads=1, runs=2)
+        assert logits.shape == (4, 2) and np.isfinite(logits).all() and xml.is_file(), key
+    np.testing.assert_allclose(candidates["ma", "fp32"][0](feed), onnx_call(ma_onnx)(feed), atol=1e-5, rtol=1e-4)
+    assert set(openvino_candidates(ma_onnx, bert_onnx, None, tmp_path / "work2", 1)) == {("ma", "fp32"),
+                                                                                         ("bert", "fp32")}
+    times = openvino_profile(candidates["ma", "int8"][1], feed, threads=1, runs=2)
     assert times and all(ms >= 0 for ms in times.values())
     assert list(times.values()) == sorted(times.values(), reverse=True)
 
@@ -191,3 +191,30 @@ def test_cli_predict_openvino_matches_onnx(tmp_path, model_dir):
         assert [r["label"] for r in outputs[name]] == [r["label"] for r in outputs["onnx"]]
         np.testing.assert_allclose([float(r["prob_pos"]) for r in outputs[name]],
                                    [float(r["prob_pos"]) for r in outputs["onnx"]], atol=1e-5)
+
+
+@pytest.mark.slow
+def test_bench_times_openvino_beside_onnxruntime(tmp_path, capsys):
+    from mabert.bench import fixed_workload, format_benchmark, random_pair, run_benchmark
+
+    teacher, student = random_pair("tiny")
+    report = run_benchmark(teacher, student, tmp_path, workloads=[fixed_workload(teacher.config.vocab_size, 2, 32)],
+                           max_rounds=2, quiet=True, openvino=True)
+    work = report["workloads"]["b2-s32"]
+    rows = {row["name"]: row for row in work["candidates"]}
+    openvino = {name for name, row in rows.items() if row["runtime"] == "openvino"}
+    assert openvino == {"BERT OpenVINO fp32", "BERT OpenVINO int8 (NNCF)", "MA fused OpenVINO fp32",
+                        "MA fused OpenVINO int8 (NNCF)"}
+    pairs = {(r["candidate"]["name"], r["baseline"]["name"]) for r in work["ratios"]}
+    assert {("MA fused OpenVINO fp32", "BERT OpenVINO fp32"),
+            ("MA fused OpenVINO int8 (NNCF)", "BERT OpenVINO int8 (NNCF)")} <= pairs  # like with like
+    assert all(0 < rows[name]["floor_share"] for name in openvino)
+    profiled = {row["name"]: row["op_times_ms"] for row in report["op_profile"]["candidates"]}
+    assert openvino <= set(profiled) and all(profiled[name] for name in openvino)
+    assert "MA fused OpenVINO int8 (NNCF) vs BERT OpenVINO int8 (NNCF)" in format_benchmark(report)
+
+
+def test_bench_without_openvino_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    assert main(["bench", "--shape", "tiny", "--openvino", "--out", str(tmp_path / "b")]) == 2
+    assert "OpenVINO is not installed" in capsys.readouterr().err and not (tmp_path / "b").exists()

@@ -12,11 +12,17 @@ each round keeping the candidate's and the baseline's times together (they ran s
 slow-down hits both), the ratio of medians is recomputed on each resample (2,000 resamples, fixed seed), and the 2.5th
 and 97.5th percentiles of those ratios are the interval.
 
-Candidates are named by fields a script can select on: ``family`` (bert / ma), ``runtime`` (torch / onnxruntime),
-``precision`` (fp32 / int8-dynamic / int8-static), ``variant`` (eager / fused / optimized) and a display ``name``.
-Each MA candidate is compared with the BERT candidate of the same runtime and precision; MA static int8 has no such
-BERT counterpart (there is no static-int8 BERT candidate), so it is compared with BERT dynamic int8; every ratio
-records its baseline's fields.
+Candidates are named by fields a script can select on: ``family`` (bert / ma), ``runtime`` (torch / onnxruntime /
+openvino), ``precision`` (fp32 / int8-dynamic / int8-static), ``variant`` (eager / fused / optimized / plain) and a
+display ``name``. Each MA candidate is compared with the BERT candidate of the same runtime and precision; ORT's MA
+static int8 has no such BERT counterpart (ORT's transformer-optimised BERT is quantized dynamically), so it is
+compared with BERT dynamic int8; every ratio records its baseline's fields. OpenVINO candidates (``openvino=True``,
+the optional extra) time the plain ONNX exports of both models after OpenVINO's own conversion and fusions, fp32 and
+int8 (NNCF post-training quantization, activations calibrated statically, for both models alike).
+
+GEMM floor: every candidate's median is set against the time its model's matrix products alone would take at this
+machine's measured GEMM rate (fp32 for fp32 candidates, ORT's int8 MatMulInteger for int8 ones, all products counted
+at that rate): ``floor_share`` = floor / median, 1.0 meaning nothing but GEMM at full speed.
 
 Workloads: by default one batch size (8) with token lengths drawn from ``RT_TOKEN_LENGTH_QUANTILES`` (short English
 review sentences), each batch padded to its own longest row (dynamic padding, the same inputs for both models);
@@ -81,6 +87,32 @@ def matmul_gflops(threads: int, size: int = 1024, repeats: int = 5) -> float:
     return 2 * size ** 3 / statistics.median(times) / 1e9
 
 
+def int8_matmul_gops(threads: int, size: int = 1024, repeats: int = 5) -> float:
+    """Measured int8 GEMM speed (GOP/s, multiply and add counted apart) of ONNX Runtime's MatMulInteger (uint8 ×
+    int8 → int32) at the benchmark's thread count: the rate the int8 candidates' floor is set against."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from .export import ort_session
+
+    weight = numpy_helper.from_array(np.random.default_rng(0).integers(-127, 128, (size, size), dtype=np.int8), "w")
+    graph = helper.make_graph([helper.make_node("MatMulInteger", ["a", "w"], ["y"])], "gemm",
+                              [helper.make_tensor_value_info("a", TensorProto.UINT8, [size, size])],
+                              [helper.make_tensor_value_info("y", TensorProto.INT32, [size, size])], [weight])
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "gemm.onnx"
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+        session = ort_session(path, threads)
+    feed = {"a": np.random.default_rng(1).integers(0, 256, (size, size), dtype=np.uint8)}
+    session.run(None, feed)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        session.run(None, feed)
+        times.append(time.perf_counter() - start)
+    return 2 * size ** 3 / statistics.median(times) / 1e9
+
+
 def bert_matmul_flops(config, batch: int, length: int) -> float:
     hidden, inter, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
     dense = 2 * batch * length * (4 * hidden * hidden + 2 * hidden * inter)
@@ -106,9 +138,10 @@ def ma_matmul_flops(config, batch: int, length: int, reassociate: bool) -> float
 @dataclass(frozen=True)
 class Candidate:
     family: str     # "bert" | "ma"
-    runtime: str    # "torch" | "onnxruntime"
+    runtime: str    # "torch" | "onnxruntime" | "openvino"
     precision: str  # "fp32" | "int8-dynamic" | "int8-static"
-    variant: str    # "eager" (the module as trained) | "fused" (MA folded exactly) | "optimized" (ORT's BERT fusions)
+    variant: str    # "eager" (module as trained) | "fused" (MA folded exactly) | "optimized" (ORT's BERT fusions)
+    #                 | "plain" (the plain ONNX export, left to the runtime's own fusions)
     name: str       # for people; unique
 
     def fields(self) -> dict:
@@ -123,6 +156,11 @@ MA_FUSED = Candidate("ma", "torch", "fp32", "fused", "MA fused (PyTorch)")
 MA_ORT = Candidate("ma", "onnxruntime", "fp32", "fused", "MA fused ORT fp32")
 MA_ORT_INT8 = Candidate("ma", "onnxruntime", "int8-dynamic", "fused", "MA fused ORT int8")
 MA_ORT_STATIC = Candidate("ma", "onnxruntime", "int8-static", "fused", "MA fused ORT static int8")
+BERT_OV = Candidate("bert", "openvino", "fp32", "plain", "BERT OpenVINO fp32")
+BERT_OV_INT8 = Candidate("bert", "openvino", "int8-static", "plain", "BERT OpenVINO int8 (NNCF)")
+MA_OV = Candidate("ma", "openvino", "fp32", "fused", "MA fused OpenVINO fp32")
+MA_OV_INT8 = Candidate("ma", "openvino", "int8-static", "fused", "MA fused OpenVINO int8 (NNCF)")
+OPENVINO = {("bert", "fp32"): BERT_OV, ("bert", "int8"): BERT_OV_INT8, ("ma", "fp32"): MA_OV, ("ma", "int8"): MA_OV_INT8}
 
 
 def baseline_for(candidate: Candidate, candidates) -> Candidate | None:
@@ -168,10 +206,17 @@ def _random_calibration(config, batches: int = 8, seed: int = 0) -> list[dict]:
     return feeds
 
 
+def _openvino_runner(call):
+    def run(ids, mask):
+        ids = ids.numpy()
+        return call({"input_ids": ids, "attention_mask": mask.numpy(), "token_type_ids": np.zeros_like(ids)})
+    return run
+
+
 def build_candidates(teacher, student, workdir: Path, threads: int, include_int8: bool = True,
-                     calibration: list[dict] | None = None):
-    """(Candidate → runner(ids, mask), fused student, Candidate → ONNX file of the ORT candidates). Exports/optimises
-    what the ORT candidates need into workdir."""
+                     calibration: list[dict] | None = None, openvino: bool = False):
+    """(Candidate → runner(ids, mask), fused student, Candidate → model file of the ORT and OpenVINO candidates, for
+    their op profiles). Exports/optimises/quantizes what the candidates need into workdir."""
     from onnxruntime.transformers.optimizer import optimize_model
 
     from .export import export_onnx
@@ -195,6 +240,12 @@ def build_candidates(teacher, student, workdir: Path, threads: int, include_int8
                       MA_ORT_STATIC: workdir / "ma-static-int8.onnx"})
         for candidate in (BERT_ORT_INT8, MA_ORT_INT8, MA_ORT_STATIC):
             runners[candidate] = _ort_runner(files[candidate], threads)
+    if openvino:
+        from .openvino_runtime import openvino_candidates
+
+        calibration_feeds = (calibration or _random_calibration(student.config)) if include_int8 else None
+        for key, (call, xml) in openvino_candidates(ma_onnx, bert_onnx, calibration_feeds, workdir, threads).items():
+            runners[OPENVINO[key]], files[OPENVINO[key]] = _openvino_runner(call), xml
     return runners, fused, files
 
 
@@ -341,19 +392,22 @@ def default_workloads(vocab: int, batch: int = 8, max_length: int = 128, seed: i
 def run_benchmark(teacher, student, out_dir: str | Path, threads: int = 2, workloads: list[Workload] | None = None,
                   max_rounds: int = 100, max_seconds: float = 60.0, min_rounds: int = 10, tolerance: float = 0.05,
                   include_int8: bool = True, seed: int = 0, calibration: list[dict] | None = None,
-                  profile: bool = True, quiet: bool = False) -> dict:
+                  profile: bool = True, quiet: bool = False, openvino: bool = False) -> dict:
     """Interleaved rounds of every candidate on every workload until the ratios' intervals converge or the budgets
-    (per workload) are spent; writes bench.json and bench.png. With `profile`, also ORT's per-op-type kernel times of
-    each ORT candidate on the largest batch (where the time goes)."""
+    (per workload) are spent; writes bench.json and bench.png. With `profile`, also the per-op-type times of each
+    ORT and OpenVINO candidate on the largest batch (where the time goes). `openvino` adds OpenVINO's fp32 and
+    int8 candidates (the optional extra)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(threads)
     limit = getattr(student.config, "softmax_input_size", 128)
     workloads = workloads or default_workloads(teacher.config.vocab_size, max_length=limit, seed=seed)
     with tempfile.TemporaryDirectory() as tmp:
-        runners, fused, files = build_candidates(teacher, student, Path(tmp), threads, include_int8, calibration)
+        runners, fused, files = build_candidates(teacher, student, Path(tmp), threads, include_int8, calibration,
+                                                 openvino)
         pairs = ratio_pairs(list(runners))
         gflops = matmul_gflops(threads)
+        int8_gops = int8_matmul_gops(threads) if any(c.precision != "fp32" for c in runners) else None
         results = {}
         rng = random.Random(seed)
         for work in workloads:
@@ -363,29 +417,30 @@ def run_benchmark(teacher, student, out_dir: str | Path, threads: int = 2, workl
             timed = run_rounds(_round_step(runners, work.batches, rng), pairs, max_rounds, max_seconds, min_rounds,
                                tolerance, quiet=quiet, desc=work.name)
             sequences = sum(len(row) for row in work.lengths)
+            tokens = [(len(row), int(ids.shape[1])) for row, (ids, _) in zip(work.lengths, work.batches)]
+            flops = {"bert": sum(bert_matmul_flops(teacher.config, b, t) for b, t in tokens) / len(tokens),
+                     "ma": sum(ma_matmul_flops(student.config, b, t, fused.reassociate) for b, t in tokens) / len(tokens)}
             rows = []
             for candidate, rounds in timed["times"].items():
                 per_batch = np.asarray(rounds) / len(work.batches)
                 median = float(np.median(per_batch))
+                rate = gflops if candidate.precision == "fp32" else int8_gops
+                floor_ms = flops[candidate.family] / (rate * 1e9) * 1e3
                 rows.append({**candidate.fields(), "median_ms": median * 1e3,
                              "p90_ms": float(np.percentile(per_batch, 90)) * 1e3,
                              "throughput_seq_s": sequences / float(np.median(rounds)),
+                             "floor_ms": floor_ms, "floor_share": floor_ms / (median * 1e3),
                              "round_ms": [round(1e3 * s, 4) for s in rounds]})
             ratios = [{"candidate": r["candidate"].fields(), "baseline": r["baseline"].fields(),
                        **{k: r[k] for k in ("value", "low", "high", "rounds", "converged")}} for r in timed["ratios"]]
-            tokens = [(len(row), int(ids.shape[1])) for row, (ids, _) in zip(work.lengths, work.batches)]
             results[work.name] = {
                 **work.facts(), "rounds": timed["rounds"], "seconds": round(timed["seconds"], 2),
                 "stopped": timed["stopped"], "candidates": rows, "ratios": ratios,
-                "gemm_floor_ms": {  # per batch, averaged over the workload's batches
-                    "BERT": sum(bert_matmul_flops(teacher.config, b, t) for b, t in tokens) / len(tokens)
-                    / (gflops * 1e9) * 1e3,
-                    "MA": sum(ma_matmul_flops(student.config, b, t, fused.reassociate) for b, t in tokens) / len(tokens)
-                    / (gflops * 1e9) * 1e3,
-                },
+                "gemm_floor_ms": {"BERT": flops["bert"] / (gflops * 1e9) * 1e3,  # fp32, per batch (mean over batches)
+                                  "MA": flops["ma"] / (gflops * 1e9) * 1e3},
             }
         op_profile = _profile(files, workloads, threads) if profile else {}
-    report = {"format": FORMAT, "threads": threads, "matmul_gflops": gflops,
+    report = {"format": FORMAT, "threads": threads, "matmul_gflops": gflops, "int8_matmul_gops": int8_gops,
               "timing": {"method": "rounds of every candidate (random order per batch) until each ratio's interval is "
                                    "within ±tolerance of it or a budget is spent; ratio = median(baseline round time) / "
                                    "median(candidate round time); interval = paired percentile bootstrap over rounds",
@@ -402,14 +457,22 @@ def run_benchmark(teacher, student, out_dir: str | Path, threads: int = 2, workl
 
 
 def _profile(files: dict, workloads: list[Workload], threads: int) -> dict:
-    """ORT kernel time by op type of each ORT candidate on the largest batch of all workloads."""
+    """Time by op type of each ORT candidate (ORT's kernels) and OpenVINO candidate (the CPU plugin's fused nodes)
+    on the largest batch of all workloads."""
     from .opprofile import op_type_times
+
+    def op_times(candidate, path, feed):
+        if candidate.runtime == "openvino":
+            from .openvino_runtime import openvino_profile
+
+            return openvino_profile(path, feed, threads)
+        return op_type_times(path, feed, threads)
 
     name, ids, mask = max(((w.name, ids, mask) for w in workloads for ids, mask in w.batches),
                           key=lambda item: item[1].numel())
     feed = {"input_ids": ids.numpy(), "attention_mask": mask.numpy(), "token_type_ids": np.zeros_like(ids.numpy())}
     return {"workload": name, "shape": list(ids.shape),
-            "candidates": [{**candidate.fields(), "op_times_ms": op_type_times(path, feed, threads)}
+            "candidates": [{**candidate.fields(), "op_times_ms": op_times(candidate, path, feed)}
                            for candidate, path in files.items()]}
 
 
@@ -453,7 +516,9 @@ def format_benchmark(report: dict) -> str:
     if report.get("format") != FORMAT:
         return "bench.json from an earlier mabert version (no intervals): rerun the benchmark"
     timing = report["timing"]
-    lines = [f"threads={report['threads']}  GEMM {report['matmul_gflops']:.1f} GFLOP/s  model {report['model']}",
+    int8_rate = f", int8 {report['int8_matmul_gops']:.1f} GOP/s" if report.get("int8_matmul_gops") else ""
+    lines = [f"threads={report['threads']}  GEMM fp32 {report['matmul_gflops']:.1f} GFLOP/s{int8_rate}  "
+             f"model {report['model']}",
              f"speedups = BERT median / MA median, with {100 * timing['confidence']:.0f} % bootstrap intervals over "
              f"rounds; rounds continue until every interval is within ±{100 * timing['tolerance']:g} % "
              f"(≤ {timing['max_rounds']} rounds, ≤ {timing['max_seconds_per_workload']:g} s per workload)"]
@@ -466,10 +531,11 @@ def format_benchmark(report: dict) -> str:
                      f"GEMM floor: BERT {work['gemm_floor_ms']['BERT']:.2f} ms, MA {work['gemm_floor_ms']['MA']:.2f} ms")
         lines.append(f"  {work['rounds']} rounds in {work['seconds']:.0f} s, stopped: {_STOPS[work['stopped']]}; "
                      f"{converged} of {len(work['ratios'])} intervals converged")
-        lines.append(f"  {'candidate':<28}{'runtime':<13}{'precision':<14}{'median ms':>10}{'p90 ms':>9}{'seq/s':>9}")
+        lines.append(f"  {'candidate':<31}{'runtime':<13}{'precision':<14}{'median ms':>10}{'p90 ms':>9}{'seq/s':>9}"
+                     f"{'GEMM floor':>12}")
         for row in work["candidates"]:
-            lines.append(f"  {row['name']:<28}{row['runtime']:<13}{row['precision']:<14}{row['median_ms']:>10.2f}"
-                         f"{row['p90_ms']:>9.2f}{row['throughput_seq_s']:>9.1f}")
+            lines.append(f"  {row['name']:<31}{row['runtime']:<13}{row['precision']:<14}{row['median_ms']:>10.2f}"
+                         f"{row['p90_ms']:>9.2f}{row['throughput_seq_s']:>9.1f}{100 * row['floor_share']:>11.0f}%")
         for ratio in work["ratios"]:
             label = f"{ratio['candidate']['name']} vs {ratio['baseline']['name']}"
             lines.append(f"  {label:<52}{format_ratio(ratio)}")
@@ -477,7 +543,7 @@ def format_benchmark(report: dict) -> str:
     if profile:
         from .opprofile import format_op_times
 
-        lines.append(f"\nwhere the time goes (ORT kernel time per run, {profile['workload']} batch of "
-                     f"{' × '.join(map(str, profile['shape']))}):")
+        lines.append(f"\nwhere the time goes (ms per run in ORT kernels / OpenVINO CPU-plugin nodes, "
+                     f"{profile['workload']} batch of {' × '.join(map(str, profile['shape']))}):")
         lines += ["  " + format_op_times(row["name"], row["op_times_ms"]) for row in profile["candidates"]]
     return "\n".join(lines)

@@ -285,6 +285,10 @@ def _bench(args):
 
     if bool(args.teacher) != bool(args.student):
         raise MABertError("give both --teacher and --student, or neither (random models of --shape)")
+    if args.openvino:
+        from .openvino_runtime import require_openvino
+
+        require_openvino(int8=not args.no_int8, texts_needed=False)  # before minutes of exporting, not after
     if args.teacher:
         teacher, student = load_classifier(args.teacher), require_ma(load_classifier(args.student), args.student)
     else:
@@ -301,7 +305,7 @@ def _bench(args):
     with atomic_dir(args.out) as tmp:  # all of bench.json and bench.png, or nothing
         report = run_benchmark(teacher, student, tmp, threads=args.threads, workloads=workloads,
                                max_rounds=args.max_rounds, max_seconds=args.max_seconds,
-                               include_int8=not args.no_int8, quiet=args.quiet)
+                               include_int8=not args.no_int8, quiet=args.quiet, openvino=args.openvino)
     print(format_benchmark(report))
     print(f"wrote {args.out}/bench.json and bench.png")
 
@@ -491,6 +495,9 @@ def add_verbs(verbs) -> None:
                         "stop earlier once every speedup's 95 %% interval is within ±5 %%")
     p.add_argument("--max-seconds", type=above(0), default=120.0, help="timing budget per workload (s)")
     p.add_argument("--no-int8", action="store_true")
+    p.add_argument("--openvino", action="store_true",
+                   help="also time both models in OpenVINO, fp32 and int8 (NNCF), with its per-node profile "
+                        "(pip install 'mabert[openvino]')")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_bench)
 

@@ -44,11 +44,12 @@ INT8_NEEDS_TEXTS = ("--int8 --openvino calibrates the OpenVINO int8 model on rea
                     "FILE (task text, one per line; random token ids give activation ranges unlike real text)")
 
 
-def require_openvino(int8: bool = False, calibration_texts=None) -> None:
-    """Fail early, in one line, when OpenVINO (and for int8 NNCF, and calibration text) is missing."""
+def require_openvino(int8: bool = False, calibration_texts=None, texts_needed: bool = True) -> None:
+    """Fail early, in one line, when OpenVINO (and for int8 NNCF, and calibration text where the caller has no
+    calibration inputs of its own) is missing."""
     _openvino()
     if int8:
-        if not calibration_texts:
+        if texts_needed and not calibration_texts:
             raise MABertError(INT8_NEEDS_TEXTS)
         _nncf()
 
@@ -233,18 +234,17 @@ def text_calibration_feeds(tokenizer, texts, max_length: int, limit: int = 300) 
 
 
 def openvino_candidates(ma_onnx: str | Path, bert_onnx: str | Path, calibration_feeds: list[dict] | None,
-                        workdir: str | Path, threads: int) -> dict[str, Callable[[dict], np.ndarray]]:
-    """Benchmark candidates "ma openvino fp32/int8" and "bert openvino fp32/int8": name → call(feed dict) →
-    logits. Writes the IR files under `workdir` (ma-openvino/, bert-openvino/). Give the plain BERT export
+                        workdir: str | Path, threads: int) -> dict[tuple[str, str], tuple[Callable, Path]]:
+    """Benchmark candidates: (family "ma"/"bert", precision "fp32"/"int8") → (call(feed dict) → logits, the IR's
+    .xml). Writes the IR files under `workdir` (ma-openvino/, bert-openvino/). Give the plain BERT export
     (`export_onnx`), not ORT's optimized graph, whose com.microsoft fused ops are ORT's own; OpenVINO fuses
     attention and normalisation itself. Without calibration feeds the int8 candidates are left out."""
     workdir = Path(workdir)
     int8 = bool(calibration_feeds)
     candidates = {}
-    for name, onnx_path in (("ma", ma_onnx), ("bert", bert_onnx)):
-        folder = workdir / f"{name}-openvino"
+    for family, onnx_path in (("ma", ma_onnx), ("bert", bert_onnx)):
+        folder = workdir / f"{family}-openvino"
         export_openvino(onnx_path, folder, int8=int8, calibration_feeds=calibration_feeds)
-        candidates[f"{name} openvino fp32"] = openvino_call(folder / FP32_XML, threads)
-        if int8:
-            candidates[f"{name} openvino int8"] = openvino_call(folder / INT8_XML, threads)
+        for precision, xml in (("fp32", FP32_XML), ("int8", INT8_XML))[:1 + int8]:
+            candidates[family, precision] = openvino_call(folder / xml, threads), folder / xml
     return candidates
