@@ -538,7 +538,7 @@ def format_benchmark(report: dict) -> str:
                          f"{row['p90_ms']:>9.2f}{row['throughput_seq_s']:>9.1f}{100 * row['floor_share']:>11.0f}%")
         for ratio in work["ratios"]:
             label = f"{ratio['candidate']['name']} vs {ratio['baseline']['name']}"
-            lines.append(f"  {label:<52}{format_ratio(ratio)}")
+            lines.append(f"  {label:<63}{format_ratio(ratio)}")
     profile = report.get("op_profile")
     if profile:
         from .opprofile import format_op_times

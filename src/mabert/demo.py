@@ -10,6 +10,7 @@ record exists (use --force to redo them).
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -256,9 +257,10 @@ class Pipeline:
         vocab = teacher.config.vocab_size
         workloads = [fixed_workload(vocab, 1, length), fixed_workload(vocab, 8, length),
                      real_workload(vocab, 8, lengths=lengths)]
+        openvino = all(importlib.util.find_spec(name) for name in ("openvino", "nncf"))  # the optional extra
         report = run_benchmark(teacher, student, self.out / "bench", threads=self.settings.threads,
                                workloads=workloads, max_rounds=self.settings.bench_max_rounds,
-                               max_seconds=self.settings.bench_max_seconds)
+                               max_seconds=self.settings.bench_max_seconds, openvino=openvino)
         return {"bench": report}
 
     def run(self) -> Path:

@@ -71,7 +71,7 @@ def summary_rows(records: dict) -> list[tuple[str, str]]:
         else:
             for work, data in bench["workloads"].items():
                 for ratio in data["ratios"]:
-                    if ratio["candidate"]["runtime"] == "onnxruntime":
+                    if ratio["candidate"]["runtime"] != "torch":
                         rows.append((f"{work}: {ratio['candidate']['name']} vs {ratio['baseline']['name']}",
                                      format_ratio(ratio)))
     return rows
