@@ -1,4 +1,5 @@
 import csv
+import subprocess
 import sys
 
 import numpy as np
@@ -218,3 +219,30 @@ def test_bench_without_openvino_is_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "openvino", None)
     assert main(["bench", "--shape", "tiny", "--openvino", "--out", str(tmp_path / "b")]) == 2
     assert "OpenVINO is not installed" in capsys.readouterr().err and not (tmp_path / "b").exists()
+
+
+CTRL_C_AFTER_OPENVINO = r'''
+import gc, signal, sys
+import numpy as np
+from mabert.openvino_runtime import openvino_call
+calls = [openvino_call(sys.argv[1], threads=1) for _ in range(2)]  # as `mabert bench` does: several models
+for call in calls:
+    call({"input_ids": np.full((1, 4), 7), "attention_mask": np.ones((1, 4), dtype=np.int64)})
+del calls, call
+gc.collect()  # the compiled models, and with them the CPU plugins they loaded, are gone
+try:
+    signal.raise_signal(signal.SIGINT)
+except KeyboardInterrupt:
+    print("interrupted cleanly")
+'''
+
+
+def test_ctrl_c_after_openvino_is_a_clean_interrupt(tmp_path):
+    """Each OpenVINO Core's CPU plugin gives the main thread an alternate signal stack; with two Cores gone (as after
+    `mabert bench --openvino`) the installed one was freed memory and a Ctrl-C crashed the process with SIGSEGV
+    (this test: exit -11). mabert keeps one Core for the process, so the plugin and its stack stay alive."""
+    ma_onnx = fused_onnx(tmp_path, CONFIGS["bert-masked"](), name="ma.onnx")
+    export_openvino(ma_onnx, tmp_path / "ov")
+    done = subprocess.run([sys.executable, "-c", CTRL_C_AFTER_OPENVINO, str(tmp_path / "ov")], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "interrupted cleanly", (done.returncode, done.stderr[-500:])

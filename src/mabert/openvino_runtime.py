@@ -10,6 +10,7 @@ on every call, like `mabert.export.onnx_feed` does for ONNX Runtime.
 """
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from pathlib import Path
 from typing import Callable
@@ -30,6 +31,15 @@ def _openvino():
     except ImportError:
         raise MABertError("OpenVINO is not installed: pip install 'mabert[openvino]'") from None
     return openvino
+
+
+@functools.cache
+def _core():
+    """One OpenVINO Core for the whole process. The CPU plugin, when first loaded, gives the main thread a small
+    alternate signal stack; if the plugin is unloaded again (its last Core gone) that stack is freed while still
+    installed, and the next SIGINT/SIGTERM (Ctrl-C) crashes the process with SIGSEGV. Keeping one Core keeps the
+    plugin, and that stack, alive."""
+    return _openvino().Core()
 
 
 def _nncf():
@@ -156,10 +166,10 @@ def _xml_path(model_dir_or_xml: str | Path) -> Path:
 
 def read_model(model_dir_or_xml: str | Path):
     """The OpenVINO model of an .xml file, or a directory's openvino_model.xml."""
-    ov = _openvino()
+    _openvino()  # the one-line error when it is missing
     path = _xml_path(model_dir_or_xml)
     try:
-        return ov.Core().read_model(str(path))
+        return _core().read_model(str(path))
     except Exception as exc:
         raise MABertError(f"OpenVINO cannot read {path}: {one_line(exc, 200)}; write it again with "
                           "`mabert export MODEL DIR --openvino`") from None
@@ -175,9 +185,8 @@ def _config(threads: int | None, hint: str = "LATENCY", profile: bool = False) -
 
 
 def _compile(model, threads, hint="LATENCY", profile=False):
-    ov = _openvino()
     try:
-        return ov.Core().compile_model(model, "CPU", _config(threads, hint, profile))
+        return _core().compile_model(model, "CPU", _config(threads, hint, profile))
     except Exception as exc:
         raise MABertError(f"OpenVINO cannot compile the model for the CPU: {one_line(exc, 200)}") from None
 
