@@ -24,6 +24,9 @@ def test_benchmark_report_shape_and_ratios(tmp_path):
         assert set(rows) == names and work["rounds"] == 2 and work["stopped"] == "max_rounds"
         for row in rows.values():
             assert 0 < row["median_ms"] <= row["p90_ms"] and len(row["round_ms"]) == 2
+            low, high = row["median_interval_ms"]  # of 2 rounds: the bootstrap medians lie between them
+            rounds = [ms / work["batches"] for ms in row["round_ms"]]
+            assert min(rounds) - 1e-3 <= low <= row["median_ms"] <= high <= max(rounds) + 1e-3  # round_ms: 4 decimals
         pairs = {(r["candidate"]["name"], r["baseline"]["name"]): r for r in work["ratios"]}
         assert set(pairs) == {("MA eager (PyTorch)", "BERT eager (PyTorch)"),
                               ("MA fused (PyTorch)", "BERT eager (PyTorch)"),

@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from mabert.bench import (RT_TOKEN_LENGTH_QUANTILES, draw_lengths, fixed_workload, format_ratio, ratio_interval,
-                          real_workload, run_rounds)
+from mabert.bench import (RT_TOKEN_LENGTH_QUANTILES, draw_lengths, fixed_workload, format_ratio, median_interval,
+                          ratio_interval, real_workload, run_rounds)
 
 
 def _pairs(rounds, ratio, noise, seed, drift=0.0):
@@ -29,6 +29,17 @@ def test_interval_contains_the_true_ratio_and_narrows_with_rounds():
     assert hits >= 32  # nominal 95 %: 38 of 40 expected; the seeds are fixed, so this is deterministic
     widths = [np.subtract(*ratio_interval(*_pairs(n, 1.25, 0.1, 7))[2:0:-1]) for n in (20, 80, 400)]
     assert widths[0] > widths[1] > widths[2] and widths[2] < widths[0] / 2.5
+
+
+def test_median_interval_covers_the_true_median_and_narrows():
+    hits = 0
+    for seed in range(40):  # lognormal times around 10 ms: the true median is 10 ms
+        low, high = median_interval(0.010 * np.exp(np.random.default_rng(seed).normal(0, 0.2, 30)))
+        hits += low <= 0.010 <= high
+    assert hits >= 32
+    widths = [np.subtract(*median_interval(0.010 * np.exp(np.random.default_rng(3).normal(0, 0.2, n)))[::-1])
+              for n in (20, 80, 400)]
+    assert widths[0] > widths[1] > widths[2]
 
 
 def test_interval_is_paired_by_round():

@@ -319,6 +319,15 @@ def ratio_interval(baseline, candidate, confidence: float = 0.95, resamples: int
     return value, float(low), float(high)
 
 
+def median_interval(times, confidence: float = 0.95, resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """Percentile-bootstrap interval of the median of `times` (what the plot's error bars show)."""
+    times = np.asarray(times, float)
+    index = np.random.default_rng(seed).integers(0, len(times), (resamples, len(times)))
+    tail = 50 * (1 - confidence)
+    low, high = np.percentile(np.median(times[index], axis=1), [tail, 100 - tail])
+    return float(low), float(high)
+
+
 def interval_converged(value: float, low: float, high: float, rounds: int, tolerance: float = 0.05,
                        min_rounds: int = 10) -> bool:
     return rounds >= min_rounds and low >= value * (1 - tolerance) and high <= value * (1 + tolerance)
@@ -424,9 +433,11 @@ def run_benchmark(teacher, student, out_dir: str | Path, threads: int = 2, workl
             for candidate, rounds in timed["times"].items():
                 per_batch = np.asarray(rounds) / len(work.batches)
                 median = float(np.median(per_batch))
+                low, high = median_interval(per_batch)
                 rate = gflops if candidate.precision == "fp32" else int8_gops
                 floor_ms = flops[candidate.family] / (rate * 1e9) * 1e3
                 rows.append({**candidate.fields(), "median_ms": median * 1e3,
+                             "median_interval_ms": [low * 1e3, high * 1e3],
                              "p90_ms": float(np.percentile(per_batch, 90)) * 1e3,
                              "throughput_seq_s": sequences / float(np.median(rounds)),
                              "floor_ms": floor_ms, "floor_share": floor_ms / (median * 1e3),
@@ -486,10 +497,12 @@ def plot_benchmark(report: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, len(workloads_), figsize=(5 * len(workloads_), 4.5), squeeze=False)
     for ax, name in zip(axes[0], workloads_):
         rows = report["workloads"][name]["candidates"]
-        ax.barh([r["name"] for r in rows], [r["median_ms"] for r in rows],
-                color=["#c44e52" if r["family"] == "bert" else "#4c72b0" for r in rows])
+        medians = np.array([r["median_ms"] for r in rows])
+        bounds = np.array([r["median_interval_ms"] for r in rows]).reshape(-1, 2)
+        ax.barh([r["name"] for r in rows], medians, xerr=[medians - bounds[:, 0], bounds[:, 1] - medians],
+                capsize=3, color=["#c44e52" if r["family"] == "bert" else "#4c72b0" for r in rows])
         ax.set_title(name)
-        ax.set_xlabel("median latency per batch (ms)")
+        ax.set_xlabel("median latency per batch (ms), 95 % interval")
         ax.invert_yaxis()
     for ax in axes[0][1:]:
         ax.set_yticklabels([])
