@@ -172,6 +172,30 @@ def test_cli_export_openvino_and_int8_refusal(tmp_path, model_dir, capsys):
     assert "OpenVINO IR: openvino_model.xml, openvino_model_int8.xml" in (tmp_path / "exp" / "README.md").read_text()
 
 
+@pytest.mark.parametrize("int8", [False, True])
+def test_optimum_intel_runs_the_export_dir_in_pipeline(tmp_path, model_dir, int8):
+    optimum_intel = pytest.importorskip("optimum.intel")
+    from transformers import BertTokenizerFast, pipeline
+
+    from test_longtext import reference_logits
+
+    model, path = model_dir
+    (tmp_path / "texts.txt").write_text("the movie was great\nbad plot and boring acting\ni liked the story .\n" * 3)
+    assert main(["export", str(path), str(tmp_path / "exp"), "--openvino", "--int8",
+                 "--calibration-texts", str(tmp_path / "texts.txt")]) == 0
+    assert "OVModelForSequenceClassification" in (tmp_path / "exp" / "README.md").read_text()
+    ov_model = optimum_intel.OVModelForSequenceClassification.from_pretrained(
+        str(tmp_path / "exp"), file_name="openvino_model_int8.xml" if int8 else "openvino_model.xml",
+        ov_config={"INFERENCE_PRECISION_HINT": "f32"})  # as mabert's own OpenVINO runs: never a reduced precision
+    tokenizer = BertTokenizerFast.from_pretrained(tmp_path / "exp")
+    classify = pipeline("text-classification", model=ov_model, tokenizer=tokenizer, top_k=None)
+    texts = ["the movie was great", "i hated the boring plot", "good", " ".join(["the movie was great"] * 10)]
+    for text, scores in zip(texts, classify(texts, truncation=True)):  # the last is cut to L by truncation=True
+        want = torch.softmax(torch.from_numpy(reference_logits(model, tokenizer, text, "truncate")[0]), -1)
+        got = {s["label"]: s["score"] for s in scores}
+        np.testing.assert_allclose([got["neg"], got["pos"]], want.numpy(), atol=0.05 if int8 else 1e-4)
+
+
 def test_cli_predict_openvino_matches_onnx(tmp_path, model_dir):
     from test_longtext import long_text
 

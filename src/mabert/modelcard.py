@@ -74,6 +74,17 @@ def _front_matter(facts: dict, config: dict) -> str:
     return data.to_yaml()
 
 
+def _how_to_load_openvino(facts: dict, path: str) -> list[str]:
+    files = facts.get("openvino_files", [])
+    if "openvino_model.xml" not in files:
+        return []
+    int8 = '  # int8: file_name="openvino_model_int8.xml"' if "openvino_model_int8.xml" in files else ""
+    return ["", "The OpenVINO IR beside it (`pip install optimum-intel==1.27.0`):", "", "```python",
+            "from optimum.intel import OVModelForSequenceClassification", "",
+            f'model = OVModelForSequenceClassification.from_pretrained({int8}',
+            f'    "{path}", ov_config={{"INFERENCE_PRECISION_HINT": "f32"}})  # never bf16 (1e-3 off here)', "```"]
+
+
 def _how_to_load(facts: dict, config: dict) -> list[str]:
     path = facts.get("path") or "path/to/model"
     if facts.get("stage") == "export":
@@ -86,7 +97,8 @@ def _how_to_load(facts: dict, config: dict) -> list[str]:
                 'classify = pipeline("text-classification", model=model, tokenizer=tokenizer)',
                 'classify("a film worth seeing", truncation=True)  # inputs longer than L must be truncated', "```", "",
                 f"or `mabert predict {path} --input texts.csv --out predictions.csv` (long documents: `--long-text`). "
-                "The graph needs only ONNX Runtime; the optimum classes come with `pip install optimum-onnx==0.1.0`."]
+                "The graph needs only ONNX Runtime; the optimum classes come with `pip install optimum-onnx==0.1.0`."
+                ] + _how_to_load_openvino(facts, path)
     task = _pipeline_tag(config)
     register = (["import mabert  # registers the MA model types with the transformers Auto classes"]
                 if is_ma(config) else [])
