@@ -74,17 +74,22 @@ def random_pair(shape: str, seed: int = 0):
     return teacher, student
 
 
+def _gemm_rate(multiply: Callable[[], object], size: int, repeats: int) -> float:
+    """Operations per second / 1e9 of one size × size × size product (after one warm-up call), median of repeats."""
+    multiply()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        multiply()
+        times.append(time.perf_counter() - start)
+    return 2 * size ** 3 / statistics.median(times) / 1e9
+
+
 def matmul_gflops(threads: int, size: int = 1024, repeats: int = 5) -> float:
     """Measured fp32 GEMM speed of this machine (GFLOP/s) at the benchmark's thread count."""
     torch.set_num_threads(threads)
     a, b = torch.randn(size, size), torch.randn(size, size)
-    a @ b
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - start)
-    return 2 * size ** 3 / statistics.median(times) / 1e9
+    return _gemm_rate(lambda: a @ b, size, repeats)
 
 
 def int8_matmul_gops(threads: int, size: int = 1024, repeats: int = 5) -> float:
@@ -104,13 +109,7 @@ def int8_matmul_gops(threads: int, size: int = 1024, repeats: int = 5) -> float:
         onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
         session = ort_session(path, threads)
     feed = {"a": np.random.default_rng(1).integers(0, 256, (size, size), dtype=np.uint8)}
-    session.run(None, feed)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        session.run(None, feed)
-        times.append(time.perf_counter() - start)
-    return 2 * size ** 3 / statistics.median(times) / 1e9
+    return _gemm_rate(lambda: session.run(None, feed), size, repeats)
 
 
 def bert_matmul_flops(config, batch: int, length: int) -> float:
@@ -312,19 +311,24 @@ def ratio_interval(baseline, candidate, confidence: float = 0.95, resamples: int
     if base.shape != cand.shape or base.ndim != 1 or not len(base):
         raise ValueError("baseline and candidate need the same number (≥ 1) of rounds")
     value = float(np.median(base) / np.median(cand))
-    index = np.random.default_rng(seed).integers(0, len(base), (resamples, len(base)))
-    ratios = np.median(base[index], axis=1) / np.median(cand[index], axis=1)
-    tail = 50 * (1 - confidence)
-    low, high = np.percentile(ratios, [tail, 100 - tail])
-    return value, float(low), float(high)
+    low, high = _percentile_bootstrap(lambda index: np.median(base[index], axis=1) / np.median(cand[index], axis=1),
+                                      len(base), confidence, resamples, seed)
+    return value, low, high
 
 
 def median_interval(times, confidence: float = 0.95, resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
     """Percentile-bootstrap interval of the median of `times` (what the plot's error bars show)."""
     times = np.asarray(times, float)
-    index = np.random.default_rng(seed).integers(0, len(times), (resamples, len(times)))
+    return _percentile_bootstrap(lambda index: np.median(times[index], axis=1), len(times), confidence, resamples, seed)
+
+
+def _percentile_bootstrap(statistic: Callable[[np.ndarray], np.ndarray], count: int, confidence: float,
+                          resamples: int, seed: int) -> tuple[float, float]:
+    """The central `confidence` interval of `statistic` over `resamples` draws (with replacement) of `count` rounds;
+    `statistic` maps a (resamples, count) array of round indices to one value per resample."""
+    index = np.random.default_rng(seed).integers(0, count, (resamples, count))
     tail = 50 * (1 - confidence)
-    low, high = np.percentile(np.median(times[index], axis=1), [tail, 100 - tail])
+    low, high = np.percentile(statistic(index), [tail, 100 - tail])
     return float(low), float(high)
 
 

@@ -254,6 +254,6 @@ def openvino_candidates(ma_onnx: str | Path, bert_onnx: str | Path, calibration_
     for family, onnx_path in (("ma", ma_onnx), ("bert", bert_onnx)):
         folder = workdir / f"{family}-openvino"
         export_openvino(onnx_path, folder, int8=int8, calibration_feeds=calibration_feeds)
-        for precision, xml in (("fp32", FP32_XML), ("int8", INT8_XML))[:1 + int8]:
+        for precision, xml in [("fp32", FP32_XML)] + ([("int8", INT8_XML)] if int8 else []):
             candidates[family, precision] = openvino_call(folder / xml, threads), folder / xml
     return candidates
