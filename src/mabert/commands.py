@@ -61,10 +61,13 @@ def _export(args):
     if Path(args.out).suffix != ".onnx":
         texts = _calibration_texts(args)
         facts = export_model_dir(args.model, args.out, fuse_model=not args.no_fuse, int8=args.int8, opset=args.opset,
-                                 openvino=args.openvino, calibration_texts=texts)
+                                 openvino=args.openvino, calibration_texts=texts, integer=args.integer)
         parity = f", fused: fp32 deviation {facts['parity']:.1e}" if "parity" in facts else ""
         files = facts["onnx_files"] + facts.get("openvino_files", [])
         print(f"wrote {args.out}/ ({', '.join(files)}, config.json, tokenizer, README.md{parity})")
+        if "integer_file" in facts:
+            print(f"{facts['integer_file']}: integer logits identical to the NumPy reference on "
+                  f"{facts['integer_reference_rows']} inputs (calibrated on {facts['integer_calibration_texts']} texts)")
         if args.audit:
             reports = [audit(Path(args.out) / name) for name in facts["onnx_files"]]
             print("\n".join(format_audit(report) for report in reports))
@@ -75,6 +78,8 @@ def _export(args):
         raise MABertError(f"--{'openvino' if args.openvino else 'int8'} writes {what} beside model.onnx: give an "
                           "output directory, not a file")
     model = load_classifier(args.model)
+    if args.integer:
+        return _export_integer_file(args, model)
     target = fuse(model) if is_ma(model) and not args.no_fuse else model
     path = export_onnx(target, args.out, opset=args.opset)
     print(f"wrote {path} ({'fused MA' if target is not model else type(model).__name__})")
@@ -84,17 +89,35 @@ def _export(args):
         return 0 if report["passed"] else 1
 
 
+def _export_integer_file(args, model):
+    from .export import audit, export_integer_onnx, format_audit
+    from .io import load_tokenizer
+    from .longtext import max_length_of
+    from .quantize import text_calibration_feeds
+
+    feeds = text_calibration_feeds(load_tokenizer(args.model), _calibration_texts(args), max_length_of(model.config))
+    facts = export_integer_onnx(model, args.out, feeds)
+    print(f"wrote {args.out} (integer-only; logits identical to the NumPy reference on "
+          f"{facts['integer_reference_rows']} inputs)")
+    if args.audit:
+        report = audit(args.out)
+        print(format_audit(report))
+        return 0 if report["passed"] and report["float_activations"] == 0 else 1
+
+
 def _calibration_texts(args) -> list[str] | None:
-    """The texts of --calibration-texts (one per line), which only --openvino --int8 uses and requires."""
+    """The texts of --calibration-texts (one per line), which --openvino --int8 and --integer use and require."""
     from .openvino_runtime import INT8_NEEDS_TEXTS
     from .predict import read_rows
 
-    if not (args.openvino and args.int8):
+    if not (args.openvino and args.int8 or args.integer):
         if args.calibration_texts:
-            raise MABertError("--calibration-texts calibrates the OpenVINO int8 model: use it with --openvino --int8")
+            raise MABertError("--calibration-texts calibrates int8 models: use it with --integer or --openvino --int8")
         return None
     if not args.calibration_texts:
-        raise MABertError(INT8_NEEDS_TEXTS)
+        raise MABertError(INT8_NEEDS_TEXTS if args.openvino and args.int8 else
+                          "--integer calibrates the integer-only graph on real inputs: give --calibration-texts FILE "
+                          "(task text, one per line)")
     return read_rows(args.calibration_texts)[1]
 
 
@@ -512,9 +535,14 @@ def add_verbs(verbs) -> None:
     p.add_argument("--openvino", action="store_true",
                    help="directory output: also openvino_model.xml/.bin (OpenVINO IR, fp32; with --int8 also "
                         "openvino_model_int8.xml/.bin by NNCF); needs pip install 'mabert[openvino]'")
+    p.add_argument("--integer", action="store_true",
+                   help="MA models: the integer-only graph (int8 activations, int32 products, fixed-point "
+                        "requantization; checked bit-exact against its NumPy reference) — model_integer.onnx in a "
+                        "directory output, or the .onnx file itself; needs --calibration-texts")
     p.add_argument("--calibration-texts", metavar="FILE",
-                   help="--openvino --int8: task text, one per line (or .csv/.jsonl with a text column), tokenized "
-                        "with the model's tokenizer to calibrate the int8 model (up to 300 texts are used)")
+                   help="--integer or --openvino --int8: task text, one per line (or .csv/.jsonl with a text "
+                        "column), tokenized with the model's tokenizer to calibrate the int8 model (up to 300 "
+                        "texts are used)")
     p.set_defaults(func=_export)
 
     p = verbs.add_parser("audit", help="list ONNX op types; exit 1 if any op outside matrix arithmetic is present, "

@@ -35,6 +35,8 @@ from .quantize import onnx_predict, quantize_static_int8
 from .recipe import Recipe, distill_task, finetune_teacher, general_model, task_student
 from .report import write_report
 
+CALIBRATION_TEXTS = 256  # training sentences that calibrate the static int8 and the integer-only graphs
+
 
 @dataclass
 class DemoSettings:
@@ -192,16 +194,22 @@ class Pipeline:
         # what a user deploys: model.onnx (fused; its folds checked in float64) + dynamic int8, config, tokenizer and
         # card, loadable by optimum/pipeline; the graphs are scored from there rather than exported a second time
         export_dir = self.out / "export"
-        export_model_dir(self.out / "student" / "model", export_dir, int8=True)
+        _, train = self.data("train")
+        # the integer-only graph is calibrated on training sentences, as the static int8 graph below
+        calibration_texts = train["text_a"][:CALIBRATION_TEXTS] if "text_b" not in train.column_names else None
+        facts = export_model_dir(self.out / "student" / "model", export_dir, int8=True,
+                                 integer=calibration_texts is not None, calibration_texts=calibration_texts)
         fused = fuse(student, check=False)  # the same folds export_model_dir just checked
         onnx_dir = self.out / "onnx"
         export_onnx(teacher, onnx_dir / "bert-teacher.onnx")
         graphs = {"ma-student": export_dir / "model.onnx", "ma-student-int8": export_dir / "model_quantized.onnx",
                   "ma-student-static-int8": onnx_dir / "ma-student-static-int8.onnx"}
+        if "integer_file" in facts:
+            graphs["ma-student-integer"] = export_dir / facts["integer_file"]
         tokenizer = self.tokenizer()
-        _, train = self.data("train")
         length = student.config.softmax_input_size  # the longest input the student takes
-        calibration = make_loader(tokenize(train.select(range(min(len(train), 256))), tokenizer, length), tokenizer, 32)
+        calibration = make_loader(tokenize(train.select(range(min(len(train), CALIBRATION_TEXTS))), tokenizer, length),
+                                  tokenizer, 32)
         quantize_static_int8(graphs["ma-student"], graphs["ma-student-static-int8"],
                              [{"input_ids": b["input_ids"].numpy(), "attention_mask": b["attention_mask"].numpy()}
                               for b in calibration])
@@ -216,7 +224,11 @@ class Pipeline:
         with torch.no_grad():
             reference = torch.cat([student(ids, attention_mask=mask).logits for ids, mask in torch_batches]).numpy()
         onnx_error = float(abs(logits["ma-student"] - reference).max() / abs(reference).max())
+        integer = {k: facts[k] for k in ("integer_calibration_texts", "integer_reference_rows") if k in facts}
+        if "ma-student-integer" in graphs:
+            integer["audit"] = audit(graphs["ma-student-integer"])
         return {"audit_student": audit(graphs["ma-student"]), "audit_teacher": audit(onnx_dir / "bert-teacher.onnx"),
+                "integer": integer,
                 "onnx_metrics": accuracy,
                 # fp32 rounding, measured on the held-out inputs, relative to the largest |logit| (the folds
                 # themselves were checked exact in float64 by fuse)

@@ -103,14 +103,31 @@ def _audit_nodes(nodes, constants: set[str], functions: dict, counts: Counter, f
             _audit_nodes(graph.node, constants | _constant_names(graph), functions, counts, found, seen)
 
 
+def float_activations(model) -> list[str] | None:
+    """Names of the float tensors that nodes of the main graph read, other than constants (types from ONNX shape
+    inference; a graph output that no node reads, such as a final dequantization, is a result, not a step).
+    None when the types cannot be inferred."""
+    import onnx
+
+    try:
+        graph = onnx.shape_inference.infer_shapes(model).graph
+    except Exception:  # inference refuses some graphs (unknown custom ops); then the question has no answer
+        return None
+    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
+    types = {v.name: v.type.tensor_type.elem_type for v in (*graph.value_info, *graph.input, *graph.output)}
+    read = {name for node in graph.node for name in node.input if name}
+    return sorted(name for name in read - _constant_names(graph) if types.get(name) in floats)
+
+
 def audit(path: str | Path) -> dict:
     """Op types with counts, and those outside the allow-list found anywhere in the model (subgraphs and local
-    functions included). An unreadable or empty model fails, with the reason in `problems`."""
+    functions included), and the float tensors read inside the main graph (`float_activations`: their number;
+    0 for an integer-only graph). An unreadable or empty model fails, with the reason in `problems`."""
     import onnx
 
     if not Path(path).is_file():
         raise MABertError(f"{path} does not exist; export a model with `mabert export MODEL OUT.onnx`")
-    counts, found, problems = Counter(), Counter(), []
+    counts, found, problems, floats = Counter(), Counter(), [], None
     try:
         model = onnx.load(str(path))
     except Exception as exc:  # protobuf and onnx raise several types for damaged files
@@ -120,14 +137,21 @@ def audit(path: str | Path) -> dict:
         _audit_nodes(model.graph.node, _constant_names(model.graph), functions, counts, found, set())
         if not counts:
             problems.append("the graph has no nodes")
+        floats = float_activations(model)
     return {"file": str(path), "op_counts": dict(sorted(counts.items())), "forbidden": dict(sorted(found.items())),
-            "problems": problems, "passed": not found and not problems}
+            "float_activations": None if floats is None else len(floats),
+            "float_examples": (floats or [])[:3], "problems": problems, "passed": not found and not problems}
 
 
 def format_audit(report: dict) -> str:
     lines = [f"{report['file']}: {sum(report['op_counts'].values())} nodes"]
     lines += [f"  {op:<28}{count:>6}{'   FORBIDDEN' if op in report['forbidden'] else ''}"
               for op, count in report["op_counts"].items()]
+    floats = report.get("float_activations")
+    if floats == 0:
+        lines.append("integer-only: no float tensor is computed on the way to the logits")
+    elif floats:
+        lines.append(f"float tensors read inside the graph: {floats} (e.g. {', '.join(report['float_examples'])})")
     if report["passed"]:
         lines.append("PASS: matrix arithmetic only (no softmax, normalization or transcendental ops)")
     for problem in report.get("problems", ()):
@@ -186,14 +210,54 @@ def onnx_feed(session, input_ids, attention_mask, token_type_ids=None) -> dict:
     return {i.name: arrays[i.name] for i in session.get_inputs()}
 
 
+INTEGER_FILE = "model_integer.onnx"
+INTEGER_CHECK_INPUTS = 32
+
+
+def _padded(feeds: list[dict]) -> dict:
+    """One right-padded batch of single-row feeds (pad id 0, mask 0)."""
+    import numpy as np
+
+    longest = max(f["input_ids"].shape[1] for f in feeds)
+    batch = {}
+    for key in feeds[0]:
+        rows = [np.pad(f[key][0], (0, longest - f[key].shape[1])) for f in feeds]
+        batch[key] = np.stack(rows).astype(np.int64)
+    return batch
+
+
+def export_integer_onnx(model, path: str | Path, calibration_feeds: list[dict], threads: int | None = None) -> dict:
+    """The integer-only graph of an MA classifier (`mabert.integer_model`), calibrated on `calibration_feeds`
+    (single-text ONNX feeds, `text_calibration_feeds`), written only once ONNX Runtime reproduces the NumPy
+    reference's integer logits exactly on the first texts, one by one and as one padded batch."""
+    from .integer_model import build_integer_model
+    from .integer_onnx import check_against_reference, save_integer_onnx
+
+    if not is_ma(model):
+        raise MABertError("only MA models have an integer-only form; export a BERT with `mabert export` (fp32) or "
+                          "--int8")
+    fused = fuse(model)
+    batches = [tuple(torch.from_numpy(feed[name]) for name in INPUT_NAMES if name in feed) for feed in
+               calibration_feeds]
+    params, meta = build_integer_model(fused, batches)
+    checks = calibration_feeds[:INTEGER_CHECK_INPUTS]
+    with atomic_file(path) as tmp:
+        save_integer_onnx(params, meta, tmp, {MAX_LENGTH_KEY: str(max_input_length(model.config))})
+        rows = check_against_reference(tmp, [*checks, _padded(checks)], threads)
+    return {"integer_file": Path(path).name, "integer_calibration_texts": len(calibration_feeds),
+            "integer_reference_rows": rows}
+
+
 def export_model_dir(model_dir: str | Path, out_dir: str | Path, fuse_model: bool = True, int8: bool = False,
-                     opset: int = 17, openvino: bool = False, calibration_texts: list[str] | None = None) -> dict:
+                     opset: int = 17, openvino: bool = False, calibration_texts: list[str] | None = None,
+                     integer: bool = False) -> dict:
     """`mabert export MODEL DIR`: a directory that optimum's ORTModelForSequenceClassification and
     transformers.pipeline load: model.onnx (+ model_quantized.onnx, dynamic int8), config.json, the tokenizer
     (model_max_length = L) and a model card. The config names the base family (bert/distilbert), whose input
     names the graph has, so loaders without mabert read it; the MA settings stay in it as extra keys.
     With `openvino` also openvino_model.xml/.bin (+ with `int8` openvino_model_int8.xml/.bin, NNCF-quantized and
-    calibrated on `calibration_texts`, which it then requires). Returns the card's facts."""
+    calibrated on `calibration_texts`, which it then requires). With `integer` also model_integer.onnx, the
+    integer-only graph calibrated on `calibration_texts` (`export_integer_onnx`). Returns the card's facts."""
     import json
 
     from transformers import AutoTokenizer
@@ -204,7 +268,12 @@ def export_model_dir(model_dir: str | Path, out_dir: str | Path, fuse_model: boo
         from .openvino_runtime import require_openvino
 
         require_openvino(int8, calibration_texts)  # before the model is loaded and fused
+    if integer and not calibration_texts:
+        raise MABertError("the integer-only graph is calibrated on task text: give --calibration-texts FILE (one "
+                          "text per line)")
     model = load_classifier(model_dir)
+    if integer and not (is_ma(model) and fuse_model):
+        raise MABertError("only a fused MA model has an integer-only form (drop --integer, or --no-fuse)")
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     except (OSError, ValueError, TypeError):  # TypeError: a registered tokenizer class without its vocab file
@@ -229,9 +298,16 @@ def export_model_dir(model_dir: str | Path, out_dir: str | Path, fuse_model: boo
         files = [export_onnx(target, tmp / "model.onnx", opset=opset).name]
         if int8:
             files.append(quantize_dynamic_int8(tmp / "model.onnx", tmp / "model_quantized.onnx").name)
-        ir_files = {}
+        ir_files, integer_facts = {}, {}
+        if integer:
+            from .quantize import text_calibration_feeds
+
+            feeds = text_calibration_feeds(tokenizer, calibration_texts, tokenizer.model_max_length)
+            integer_facts = export_integer_onnx(model, tmp / INTEGER_FILE, feeds)
+            files.append(INTEGER_FILE)
         if openvino:
-            from .openvino_runtime import text_calibration_feeds, write_openvino
+            from .openvino_runtime import write_openvino
+            from .quantize import text_calibration_feeds
 
             feeds = text_calibration_feeds(tokenizer, calibration_texts, tokenizer.model_max_length) if int8 else None
             written = write_openvino(tmp / "model.onnx", tmp, int8, feeds)
@@ -241,7 +317,7 @@ def export_model_dir(model_dir: str | Path, out_dir: str | Path, fuse_model: boo
         audits = {name: audit(tmp / name) for name in files}
         facts = {**read_facts(model_dir), "stage": "export", "source_model": str(model_dir), **fusion,
                  "audit": {n: {"passed": a["passed"], "forbidden": a["forbidden"]} for n, a in audits.items()},
-                 "onnx_files": files, **ir_files}
+                 "onnx_files": files, **ir_files, **integer_facts}
         (tmp / "README.md").write_text(build_card({**facts, "path": str(out_dir), "config": model.config.to_dict()}),
                                        encoding="utf-8")
     return facts

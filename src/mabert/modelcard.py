@@ -159,6 +159,12 @@ def build_card(facts: dict) -> str:
                   *(f"- operator audit of {name}: " + ("PASS, matrix arithmetic only" if result["passed"] else "FAIL: "
                     + ", ".join(f"{op}×{n}" for op, n in result["forbidden"].items()))
                     for name, result in audit.items()),
+                  *([f"- integer-only graph {facts['integer_file']}: int8 activations and weights, int32 products, "
+                     "fixed-point requantization, no float tensor between the embedding lookup and the logits "
+                     "(outputs logits_int and its per-class dequantization logits); calibrated on "
+                     f"{facts['integer_calibration_texts']} texts; its integer logits equal those of the NumPy "
+                     f"reference `mabert.integer_reference` on {facts['integer_reference_rows']} inputs"]
+                    if facts.get("integer_file") else []),
                   *([f"- OpenVINO IR: {', '.join(facts['openvino_files'])} (same inputs and output"
                      + ("; int8 by NNCF post-training quantization" if len(facts["openvino_files"]) > 1 else "")
                      + "); `mabert predict DIR/openvino_model.xml` runs it"]

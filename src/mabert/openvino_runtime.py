@@ -228,20 +228,6 @@ def openvino_profile(model_dir_or_xml: str | Path, feed: dict, threads: int = 2,
     return dict(sorted(totals.items(), key=lambda item: -item[1]))
 
 
-def text_calibration_feeds(tokenizer, texts, max_length: int, limit: int = 300) -> list[dict]:
-    """Calibration inputs from task text: one unpadded input per text (at most `limit` texts), truncated to L."""
-    feeds = []
-    for text in list(texts)[:limit]:
-        encoded = tokenizer(text, truncation=True, max_length=max_length, return_tensors="np")
-        feed = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
-        if "token_type_ids" in encoded:
-            feed["token_type_ids"] = encoded["token_type_ids"]
-        feeds.append({k: np.asarray(v, dtype=np.int64) for k, v in feed.items()})
-    if not feeds:
-        raise MABertError("no calibration texts: give a file with one text per line")
-    return feeds
-
-
 def openvino_candidates(ma_onnx: str | Path, bert_onnx: str | Path, calibration_feeds: list[dict] | None,
                         workdir: str | Path, threads: int) -> dict[tuple[str, str], tuple[Callable, Path]]:
     """Benchmark candidates: (family "ma"/"bert", precision "fp32"/"int8") → (call(feed dict) → logits, the IR's

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import MABertError
 from .io import atomic_file
 
 
@@ -73,3 +74,17 @@ def onnx_predict(path: str | Path, batches, threads: int = 2) -> np.ndarray:
 
     session = ort_session(path, threads)
     return np.concatenate([session.run(None, onnx_feed(session, *batch))[0] for batch in batches])
+
+
+def text_calibration_feeds(tokenizer, texts, max_length: int, limit: int = 300) -> list[dict]:
+    """Calibration inputs from task text: one unpadded input per text (at most `limit` texts), truncated to L."""
+    feeds = []
+    for text in list(texts)[:limit]:
+        encoded = tokenizer(text, truncation=True, max_length=max_length, return_tensors="np")
+        feed = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+        if "token_type_ids" in encoded:
+            feed["token_type_ids"] = encoded["token_type_ids"]
+        feeds.append({k: np.asarray(v, dtype=np.int64) for k, v in feed.items()})
+    if not feeds:
+        raise MABertError("no calibration texts: give a file with one text per line")
+    return feeds

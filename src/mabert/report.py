@@ -56,6 +56,13 @@ def summary_rows(records: dict) -> list[tuple[str, str]]:
     if export and "fused_fp32_deviation" in export:
         rows.append(("fused / ONNX fp32 deviation from the student (relative)",
                      f"{export['fused_fp32_deviation']:.1e} / {export['onnx_fp32_deviation']:.1e}"))
+    integer = export.get("integer", {})
+    if "audit" in integer:
+        floats = integer["audit"]["float_activations"]
+        rows.append(("integer-only ONNX (model_integer.onnx)",
+                     f"integer logits identical to the NumPy reference on {integer['integer_reference_rows']} inputs; "
+                     f"float tensors inside the graph: {floats}; audit "
+                     + ("PASS" if integer["audit"]["passed"] else "FAIL")))
     if export:
         audit = export["audit_student"]
         rows.append(("audit MA student ONNX", "PASS" if audit["passed"] else f"FAIL {audit['forbidden']}"))
@@ -109,8 +116,8 @@ def usage_section(out: Path, predict: dict) -> list[str]:
     import csv
 
     lines = ["", "## Use the student", "",
-             "`export/` is the deployable model (fused `model.onnx`, dynamic int8 `model_quantized.onnx`, config, "
-             "tokenizer); it loads with optimum's `ORTModelForSequenceClassification` and `transformers.pipeline` "
+             "`export/` is the deployable model (fused `model.onnx`, dynamic int8 `model_quantized.onnx`, the "
+             "integer-only `model_integer.onnx`, config, tokenizer); it loads with optimum's `ORTModelForSequenceClassification` and `transformers.pipeline` "
              "(see its `README.md`, the model card; `teacher/model` and `student/model` have cards too). "
              "Scoring a file:", "", "```", predict["command"], "```", ""]
     texts = (out / "predict" / "examples.txt").read_text(encoding="utf-8").splitlines()
