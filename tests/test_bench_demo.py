@@ -93,7 +93,7 @@ def test_demo_pipeline_end_to_end_toy(tmp_path, capsys):
     assert f"ma-student-int8 ONNX accuracy | {int8:.4f}  (Δ vs fp32 {100 * (int8 - fp32):+.2f} points)" in text
     # the integer-only graph: scored like the others, checked against its reference, no float tensor inside
     assert "ma-student-integer" in export["onnx_metrics"] and (tmp_path / "export/model_integer.onnx").exists()
-    assert export["integer"]["integer_reference_rows"] > 0 and export["integer"]["audit"]["float_activations"] == 0
+    assert export["integer"]["integer_reference_texts"] > 0 and export["integer"]["audit"]["float_activations"] == 0
     assert "float tensors inside the graph: 0; audit PASS" in text
     # the general model went through the hand-over and was saved as plain MA-BERT; the task student starts from it
     assert json.loads((tmp_path / "general.json").read_text())["handover_modules"] == 13 + 6

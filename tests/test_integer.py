@@ -78,10 +78,14 @@ def test_onnx_runtime_reproduces_the_reference_exactly(name, tmp_path):
         assert read_params[key].dtype == value.dtype, key
     session = ort_session(path, 2)
     names = {i.name for i in session.get_inputs()}
+    for clamp in ("classifier", *(k[:-len(".low")] for k in params if k.endswith(".low"))):
+        room = params[f"{clamp}.high"].astype(np.int64) - params[f"{clamp}.low"]
+        assert room.max() < 2 ** 31, clamp  # the graph's int32 hi − lo must not wrap
     for ids, mask in _padded_batches():
-        feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+        types = (ids % 2) * mask  # both token types where the model has them
+        feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
         got_int, = session.run(["logits_int"], {k: v for k, v in feed.items() if k in names})
-        want = integer_logits(params, meta, ids, mask)
+        want = integer_logits(params, meta, ids, mask, types)
         assert got_int.dtype == np.int32
         np.testing.assert_array_equal(got_int, want)
         got, = session.run(["logits"], {k: v for k, v in feed.items() if k in names})
@@ -131,6 +135,47 @@ def test_requantization_rounds_half_up_like_exact_rationals():
     np.testing.assert_allclose(params["s.m0"] / 2.0 ** shift, m0, atol=2.0 ** -shift)
 
 
+@pytest.mark.parametrize("name", CONFIGS)
+def test_calibration_trace_is_the_fused_forward(name):
+    """The float trace that calibrates the scales computes what the fused model computes."""
+    from mabert.integer_model import _Ranges, _double_copy, _trace_layer
+
+    _, fused, _, _ = _built(name)
+    model = _double_copy(fused)
+    ids, mask = next(iter(_padded_batches(seed=4)))
+    ids, mask = torch.from_numpy(ids), torch.from_numpy(mask)
+    keymask = model.key_mask(mask, torch.float64)
+    r = model.embed(ids)
+    with torch.no_grad():
+        for layer in model.layers:
+            torch.testing.assert_close(_trace_layer(layer, r, keymask, _Ranges(), "x"), layer(r, keymask),
+                                       rtol=1e-12, atol=1e-12)
+            r = layer(r, keymask)
+
+
+def test_a_channel_that_never_fires_and_steps_that_cannot_fit(tmp_path):
+    model = _model("bert-approximator-bounded")
+    with torch.no_grad():  # one feed-forward channel that no input turns on
+        for layer in model.bert.encoder.layer:
+            layer.intermediate.dense.weight[3] = 0.0
+            layer.intermediate.dense.bias[3] = -1.0
+    fused = fuse(model)
+    feeds = _feeds()
+    params, meta = build_integer_model(fused, [tuple(torch.from_numpy(f[k]) for k in ("input_ids", "attention_mask"))
+                                               for f in feeds])
+    session = ort_session(save_integer_onnx(params, meta, tmp_path / "int.onnx", {}), 2)
+    for ids, mask in _padded_batches():
+        got, = session.run(["logits_int"], {"input_ids": ids, "attention_mask": mask,
+                                            "token_type_ids": np.zeros_like(ids)})
+        np.testing.assert_array_equal(got, integer_logits(params, meta, ids, mask))
+    with pytest.raises(MABertError, match="do not fit int32"):
+        add_step({}, "s", [np.array([4.0])], 0.0, [2 ** 28], np.int32(-127), np.int32(127))
+    with pytest.raises(MABertError, match="calibration text"):
+        build_integer_model(fused, [])
+    with pytest.raises(MABertError, match="calibration text"):
+        export_integer_onnx(model, tmp_path / "none.onnx", [])
+
+
 def test_audit_counts_float_tensors(tmp_path):
     model, fused, params, meta = _built("bert-approximator-bounded")
     integer = audit(save_integer_onnx(params, meta, tmp_path / "int.onnx", {}))
@@ -142,9 +187,10 @@ def test_audit_counts_float_tensors(tmp_path):
 
 
 def test_export_refuses_what_has_no_integer_form(tmp_path):
-    with pytest.raises(MABertError, match="pooler"):
+    batch = (torch.from_numpy(_feeds()[0]["input_ids"]), torch.from_numpy(_feeds()[0]["attention_mask"]))
+    with pytest.raises(MABertError, match="pooler"):  # BERT's default tanh pooler
         build_integer_model(fuse(make_realistic(AutoModelForSequenceClassification.from_config(
-            tiny_bert_config(softmax_mask_mode="masked")))), [])
+            tiny_bert_config(softmax_mask_mode="masked")))), [batch])
     plain = AutoModelForSequenceClassification.from_config(tiny_bert_config(use_softmax_approx=False))
     with pytest.raises(MABertError):
         export_integer_onnx(plain, tmp_path / "x.onnx", _feeds())

@@ -53,7 +53,7 @@ def _tokenizer_hint(vocab_size: int) -> str:
 def _export(args):
     from pathlib import Path
 
-    from .export import audit, export_model_dir, export_onnx, format_audit
+    from .export import INTEGER_FILE, audit, export_model_dir, export_onnx, format_audit
     from .fuse import fuse
     from .io import load_classifier
     from .registry import is_ma
@@ -67,11 +67,12 @@ def _export(args):
         print(f"wrote {args.out}/ ({', '.join(files)}, config.json, tokenizer, README.md{parity})")
         if "integer_file" in facts:
             print(f"{facts['integer_file']}: integer logits identical to the NumPy reference on "
-                  f"{facts['integer_reference_rows']} inputs (calibrated on {facts['integer_calibration_texts']} texts)")
+                  f"{facts['integer_reference_texts']} texts, alone and padded together (calibrated on {facts['integer_calibration_texts']} texts)")
         if args.audit:
             reports = [audit(Path(args.out) / name) for name in facts["onnx_files"]]
             print("\n".join(format_audit(report) for report in reports))
-            return 0 if all(report["passed"] for report in reports) else 1
+            integer_only = all(r["float_activations"] == 0 for r in reports if r["file"].endswith(INTEGER_FILE))
+            return 0 if all(report["passed"] for report in reports) and integer_only else 1
         return
     if args.int8 or args.openvino:
         what = "openvino_model.xml" if args.openvino else "model_quantized.onnx"
@@ -98,7 +99,7 @@ def _export_integer_file(args, model):
     feeds = text_calibration_feeds(load_tokenizer(args.model), _calibration_texts(args), max_length_of(model.config))
     facts = export_integer_onnx(model, args.out, feeds)
     print(f"wrote {args.out} (integer-only; logits identical to the NumPy reference on "
-          f"{facts['integer_reference_rows']} inputs)")
+          f"{facts['integer_reference_texts']} texts, alone and padded together)")
     if args.audit:
         report = audit(args.out)
         print(format_audit(report))

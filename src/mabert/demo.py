@@ -195,7 +195,8 @@ class Pipeline:
         # card, loadable by optimum/pipeline; the graphs are scored from there rather than exported a second time
         export_dir = self.out / "export"
         _, train = self.data("train")
-        # the integer-only graph is calibrated on training sentences, as the static int8 graph below
+        # the integer-only graph is calibrated on training sentences, as the static int8 graph below (calibration
+        # texts are single texts: pair tasks get no integer graph here)
         calibration_texts = train["text_a"][:CALIBRATION_TEXTS] if "text_b" not in train.column_names else None
         facts = export_model_dir(self.out / "student" / "model", export_dir, int8=True,
                                  integer=calibration_texts is not None, calibration_texts=calibration_texts)
@@ -224,7 +225,7 @@ class Pipeline:
         with torch.no_grad():
             reference = torch.cat([student(ids, attention_mask=mask).logits for ids, mask in torch_batches]).numpy()
         onnx_error = float(abs(logits["ma-student"] - reference).max() / abs(reference).max())
-        integer = {k: facts[k] for k in ("integer_calibration_texts", "integer_reference_rows") if k in facts}
+        integer = {k: facts[k] for k in ("integer_calibration_texts", "integer_reference_texts") if k in facts}
         if "ma-student-integer" in graphs:
             integer["audit"] = audit(graphs["ma-student-integer"])
         return {"audit_student": audit(graphs["ma-student"]), "audit_teacher": audit(onnx_dir / "bert-teacher.onnx"),

@@ -20,15 +20,18 @@ from .errors import MABertError
 from .fuse import FusedMAModel, FusedReLUAttention
 
 INT8_MAX = 127
-UNBOUNDED = 2 ** 30  # the logits' clamp when the model has no logit bound; every value is checked to stay inside
+# Results are checked to stay below this before the int32 clamp (whose hi − lo and x − lo must not overflow int32);
+# it is also the logits' clamp when the model has no logit bound
+UNBOUNDED = 2 ** 30 - 1
 WORST_PRODUCT = INT8_MAX * 128  # |a·b| for int8 a, b in [−127, 127] (128 leaves room for a −128 input)
 
 
 def _scale(amax) -> np.ndarray:
     """Scale for values up to `amax` (per channel, head or tensor). A channel that (almost) never fired on the
-    calibration text gets a thousandth of the largest range, not a near-zero scale that would overflow int32."""
+    calibration text gets a hundredth of the largest range: its tiny range would make its requantization
+    multiplier, and the worst case of its int32 result, hundreds of times larger for values that barely matter."""
     amax = np.asarray(amax, dtype=np.float64)
-    return np.maximum(amax, float(amax.max()) * 1e-3 + 1e-12) / INT8_MAX
+    return np.maximum(amax, float(amax.max()) * 1e-2 + 1e-12) / INT8_MAX
 
 
 def _quantize_rows(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -45,8 +48,9 @@ def _to_int8_range(bound: np.ndarray | None, scale: np.ndarray, default: int) ->
 
 def add_step(params: dict, name: str, multipliers: list, bias, worst: list[float], low, high) -> None:
     """A requantization y = clamp(Σ acc_i·m_i + bias, low, high) in fixed point (see mabert.integer_reference).
-    `worst[i]` bounds |acc_i|; the shift is the largest that keeps every multiplier below 2^31 and every
-    intermediate far inside int64, and the result of any input is checked to fit int32 before the clamp."""
+    `worst[i]` bounds |acc_i|. The result of any input must fit the int32 clamp (checked); the shift is the
+    largest that keeps each multiplier below 2^31 (31 bits of precision are plenty; more would only eat int64
+    room) and |Σ acc_i·M_i + B| below 2^59, so the graph's 2^61 offset keeps every total positive."""
     multipliers = [np.asarray(m, dtype=np.float64) for m in multipliers]
     bias = np.asarray(bias, dtype=np.float64)
     largest = sum(np.abs(m) * w for m, w in zip(multipliers, worst)) + np.abs(bias)
@@ -145,6 +149,8 @@ def _per_head(amax: np.ndarray, heads: int) -> np.ndarray:
 def build_integer_model(fused: FusedMAModel, calibration_batches) -> tuple[dict, dict]:
     """(params, meta) of the integer-only version of `fused`: `calibration_batches` are (input_ids,
     attention_mask[, token_type_ids]) torch batches of task text."""
+    if not calibration_batches:
+        raise MABertError("the integer-only graph needs calibration text (at least one input)")
     if fused.pool_act not in (POOLER_IDENTITY, POOLER_RELU):
         raise MABertError(f"the {fused.pool_act} pooler is not matrix arithmetic; integer export needs an identity "
                           "or ReLU pooler (mabert convert --pooler identity)")
@@ -157,7 +163,8 @@ def build_integer_model(fused: FusedMAModel, calibration_batches) -> tuple[dict,
     params: dict[str, np.ndarray] = {}
 
     stream = _scale(amax["embeddings"])
-    tables = [("word", fused.word_table), ("position", fused.position_table), ("token_type", fused.type_table)]
+    positions = fused.position_table[:fused.max_length]  # the rows an input can reach
+    tables = [("word", fused.word_table), ("position", positions), ("token_type", fused.type_table)]
     multipliers = []
     for part, table in tables:
         if table is None:
@@ -181,7 +188,7 @@ def build_integer_model(fused: FusedMAModel, calibration_batches) -> tuple[dict,
 
     weight, logit_scale = _quantize_rows(_np(fused.classifier.weight) * pooled)
     bias = np.rint(_np(fused.classifier.bias) / logit_scale)
-    if np.abs(bias).max() + weight.shape[1] * WORST_PRODUCT >= UNBOUNDED:
+    if not np.abs(bias).max() + weight.shape[1] * WORST_PRODUCT < UNBOUNDED:
         raise MABertError("the classifier's logits do not fit int32 at this weight scale")
     params["classifier.weight"], params["classifier.bias"] = np.ascontiguousarray(weight.T), bias.astype(np.int32)
     low, high = _bounds(fused.logit_bound)

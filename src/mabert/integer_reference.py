@@ -10,8 +10,10 @@ with integer multipliers M_i, bias B and clamp bounds lo, hi (per channel, per h
 one shift s per tensor: a fixed-point version of y ≈ Σ_i acc_i · m_i + b. A norm's scale, a residual add, a bias,
 a ReLU (lo = 0), a calibrated activation bound and int8 saturation are all such a step.
 
-`params` is a flat name → integer array mapping (weights stored (in, out), as products read them) (the integer ONNX graph's initializers by the same names) and
-`meta` its structure (`mabert.integer_model.build_integer_model` writes both).
+`params` maps names to integer arrays, which are also the integer ONNX graph's initializers by the same names
+(weights stored (in, out), as the products read them; the one float array, `logit_scale`, only turns the integer
+logits into the model's). `meta` holds the program's structure. `mabert.integer_model.build_integer_model` writes
+both.
 """
 from __future__ import annotations
 

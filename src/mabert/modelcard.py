@@ -163,7 +163,7 @@ def build_card(facts: dict) -> str:
                      "fixed-point requantization, no float tensor between the embedding lookup and the logits "
                      "(outputs logits_int and its per-class dequantization logits); calibrated on "
                      f"{facts['integer_calibration_texts']} texts; its integer logits equal those of the NumPy "
-                     f"reference `mabert.integer_reference` on {facts['integer_reference_rows']} inputs"]
+                     f"reference `mabert.integer_reference` on {facts['integer_reference_texts']} texts, alone and padded together"]
                     if facts.get("integer_file") else []),
                   *([f"- OpenVINO IR: {', '.join(facts['openvino_files'])} (same inputs and output"
                      + ("; int8 by NNCF post-training quantization" if len(facts["openvino_files"]) > 1 else "")

@@ -60,7 +60,7 @@ def summary_rows(records: dict) -> list[tuple[str, str]]:
     if "audit" in integer:
         floats = integer["audit"]["float_activations"]
         rows.append(("integer-only ONNX (model_integer.onnx)",
-                     f"integer logits identical to the NumPy reference on {integer['integer_reference_rows']} inputs; "
+                     f"integer logits identical to the NumPy reference on {integer['integer_reference_texts']} texts; "
                      f"float tensors inside the graph: {floats}; audit "
                      + ("PASS" if integer["audit"]["passed"] else "FAIL")))
     if export:
