@@ -202,7 +202,10 @@ def _distill(args):
     from .conversion import load_task_student
     from .corpora import task_augmentation
     from .data import load_texts
+    from dataclasses import replace
+
     from .io import load_classifier
+    from .recipe import length_calibration_step
     from .train import distill
 
     task, train = _load_split(args, "train")
@@ -210,8 +213,10 @@ def _distill(args):
                                              load_student=lambda path, t: load_task_student(path, t, args.seed))
     own_texts = load_texts(args.unlabelled_texts, seed=args.seed) if args.unlabelled_texts else None
     train, extra = task_augmentation(train, args.joined_fraction, args.unlabelled, args.seed, own_texts)
+    recipe = replace(DEFAULTS, length_steps=args.length_steps, seed=args.seed)
     summary = distill(teacher, student, tokenizer, train, args.out, _train_settings(args), extra_inputs=extra,
-                      card={"teacher": args.teacher, "base_model": args.student, **_data_facts(args, train)})
+                      card={"teacher": args.teacher, "base_model": args.student, **_data_facts(args, train)},
+                      after_training=length_calibration_step(tokenizer, train, extra, recipe))
     print(f"distilled {summary['steps']} steps in {summary['wall_time_s']} s → {args.out}/model")
 
 
@@ -474,6 +479,9 @@ def add_verbs(verbs) -> None:
                    help="teacher-labelled augmentation: this many passages (bundled English unless "
                         "--unlabelled-texts) learnt from the teacher's outputs only")
     p.add_argument("--unlabelled-texts", nargs="+", help=".txt files or folders for --unlabelled")
+    p.add_argument("--length-steps", type=at_least(0), default=DEFAULTS.length_steps,
+                   help="after KD, refit the approximators on score rows longer than the training inputs "
+                        "(mabert.length_calibration; 0: off)")
     p.add_argument("--alpha", type=between(0, 1), default=0.9)
     p.add_argument("--temperature", type=above(0), default=15.0)
     p.add_argument("--beta", type=at_least(0.0, float), default=1.0)

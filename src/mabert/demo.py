@@ -64,7 +64,8 @@ class DemoSettings:
         """A smoke run through every stage, the general model and augmentation included."""
         return cls(train_limit=64, eval_limit=64, teacher_epochs=1.0, student_epochs=1.0, bench_max_rounds=2,
                    recipe=Recipe(seed=seed, batch_size=16, fit_steps=20, general_steps=general_steps,
-                                 joined_fraction=0.25, unlabelled_passages=32, attention_kind=attention_kind), **kw)
+                                 joined_fraction=0.25, unlabelled_passages=32, attention_kind=attention_kind,
+                                 length_steps=50, length_passages=32), **kw)
 
     @classmethod
     def default(cls, seed: int = 0, general_steps: int = 0, attention_kind: str = "approximator", **kw):

@@ -34,21 +34,35 @@ def fit_approximator(
     batch_size: int = 512,
     lr: float = 3e-3,
     seed: int = 0,
+    targets: torch.Tensor | None = None,
+    row_weights: torch.Tensor | None = None,
+    anneal: bool = False,
 ) -> float:
-    """Train on (rows, key_mask) of shape (N, L) to match masked softmax; returns final MSE on all rows."""
+    """Train on (rows, key_mask) of shape (N, L) to match `targets` (default: masked softmax), each row's squared
+    error weighted by `row_weights` (N, 1) if given, the learning rate cosine-annealed to 0 with `anneal`;
+    returns the final (weighted) MSE on all rows."""
     generator = torch.Generator().manual_seed(seed)
-    targets = softmax_targets(rows, key_mask)
+    targets = softmax_targets(rows, key_mask) if targets is None else targets
+
+    def loss_of(got, index):
+        if row_weights is None:
+            return nn.functional.mse_loss(got, targets[index])
+        return ((got - targets[index]) ** 2 * row_weights[index]).mean()
+
     optimizer = torch.optim.Adam(approximator.parameters(), lr=lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps) if anneal else None
     approximator.train()
     for _ in range(steps):
         index = torch.randint(0, rows.shape[0], (min(batch_size, rows.shape[0]),), generator=generator)
-        loss = nn.functional.mse_loss(approximator(rows[index], key_mask[index]), targets[index])
+        loss = loss_of(approximator(rows[index], key_mask[index]), index)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        if schedule is not None:
+            schedule.step()
     approximator.eval()
     with torch.no_grad():
-        return nn.functional.mse_loss(approximator(rows, key_mask), targets).item()
+        return loss_of(approximator(rows, key_mask), slice(None)).item()
 
 
 def init_approximator(approximator: SoftmaxApproximator, steps: int = 300, seed: int = 0) -> float:

@@ -188,10 +188,11 @@ def finetune(model, tokenizer, train_set, out_dir, settings: TrainSettings, max_
 
 
 def distill(teacher, student, tokenizer, train_set, out_dir, settings: TrainSettings, extra_inputs=None,
-            card: dict | None = None) -> dict:
+            card: dict | None = None, after_training=None) -> dict:
     """KD fine-tuning of an MA student on a labelled task. `extra_inputs` (a dataset with text_a[/text_b] and no
     labels) are teacher-labelled augmentation: the student learns the teacher's logits, hidden states and
-    attention maps on them, without the task term."""
+    attention maps on them, without the task term. `after_training(student) → dict` runs on the finished,
+    calibrated student before it is saved (e.g. `mabert.length_calibration`); its record joins the summary."""
     from datasets import concatenate_datasets
 
     out_dir = Path(out_dir)
@@ -215,7 +216,7 @@ def distill(teacher, student, tokenizer, train_set, out_dir, settings: TrainSett
         return kd_loss(s_out, t_out, batch["labels"], batch["attention_mask"], settings.kd, num_labels)
 
     return _kd_run(teacher, student, student, loader, step_loss, tokenizer, out_dir, settings, "distill MA student",
-                   {"stage": "distill", **(card or {})})
+                   {"stage": "distill", **(card or {})}, after_training)
 
 
 def kd_pretrain(teacher, student, tokenizer, texts, out_dir, settings: TrainSettings, mlm_probability: float = 0.15,
@@ -260,9 +261,10 @@ def _has_mlm_head(model) -> bool:
     return head_of(model) == HEAD_MLM
 
 
-def _kd_run(teacher, student, trained, loader, step_loss, tokenizer, out_dir, settings, description, card) -> dict:
+def _kd_run(teacher, student, trained, loader, step_loss, tokenizer, out_dir, settings, description, card,
+            after_training=None) -> dict:
     """Runs a KD loop on `trained` (the student or its encoder) with the LayerNorm/GELU hand-over for a fresh
-    student, and saves the whole student."""
+    student, calibrates it for inference, runs `after_training(student)` if given, and saves the whole student."""
     handover = None
     if settings.handover and HandOver.applies_to(student):
         handover = HandOver(student, settings.handover)
@@ -276,6 +278,9 @@ def _kd_run(teacher, student, trained, loader, step_loss, tokenizer, out_dir, se
         if handover is not None:
             handover.remove()
     calibration = calibrate_for_inference(trained, student, loader, settings.recalibrate_phi_batches)
+    if after_training is not None:
+        calibration.update(after_training(student))
+        card = {**card, **{k: v for k, v in calibration.items() if k == "length_calibration"}}
     result.model = student
     summary = _finish(result, tokenizer, out_dir, settings, card)
     summary["handover_modules"] = handover.count if handover else 0
