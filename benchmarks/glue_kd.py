@@ -6,8 +6,8 @@ Once: a general MA model (mabert.recipe.general_model: KD pre-training of MiniLM
 the bundled English, passages of every length), cached in OUT/general. Per task and seed: fine-tune the teacher
 (cached), build the task student from the general model, task KD with augmentation, evaluate both on the dev set
 (and, for single-text tasks, on dev examples joined 4 by 4: ~100-token inputs). Ablations (--ablations):
-no general KD (the task teacher converted, as before), no augmentation, and no bounds (the full student with its
-activation bounds opened). Writes results.json and table.md; reruns reuse finished teachers, students and the
+no general KD (the task teacher converted, as before), no augmentation, no length calibration, and no bounds (the
+full student with its activation bounds opened). Writes results.json and table.md; reruns reuse finished teachers, students and the
 general model.
 """
 from __future__ import annotations
@@ -34,6 +34,7 @@ VARIANTS = {  # name → recipe changes (and whether the general model is used)
     "full": ({}, True),
     "no general KD": ({"general_steps": 0}, False),
     "no augmentation": ({"joined_fraction": 0.0, "unlabelled_passages": 0}, True),
+    "no length calibration": ({"length_steps": 0}, True),
 }
 
 

@@ -186,7 +186,8 @@ class Pipeline:
         self.record_in_card(self.out / "student" / "model", metrics, len(held_out))
         return {"metrics": metrics, **{k: summary[k] for k in ("steps", "wall_time_s", "handover_modules",
                                                                "labelled_examples", "unlabelled_passages",
-                                                               "bounds_calibrated")}}
+                                                               "bounds_calibrated", "length_calibration")
+                                       if k in summary}}
 
     def run_export(self) -> dict:
         task, held_out = self.data(self.eval_split())
