@@ -13,6 +13,25 @@ VECTORS = SHARED / "data" / "official-vectors"
 GLUE = SHARED / "data" / "glue"
 
 
+def default_sigint():
+    """For subprocesses (preexec_fn) and tests that need Ctrl-C to raise KeyboardInterrupt: a runner that starts
+    the suite in the background (non-interactive `cmd &`) hands every process SIGINT ignored, and Python then
+    never raises KeyboardInterrupt, as Unix means it to."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+@pytest.fixture
+def sigint_raises():
+    import signal
+
+    previous = signal.getsignal(signal.SIGINT)
+    default_sigint()
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def require_shared(path: Path) -> Path:
     if not path.exists():
         if os.environ.get("CI"):

@@ -19,6 +19,7 @@ import mabert
 from mabert.cli import main
 from mabert.errors import MABertError
 from mabert.io import MARKER, atomic_dir, atomic_file, claim_output, save_model_dir
+from conftest import default_sigint
 
 WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "movie", "was", "great", "bad", "a", "film", "good",
          "terrible", "plot", "acting", "and", "not", "fun", "boring", "it", "is", "very", "i", "liked", "hated"]
@@ -186,7 +187,7 @@ def test_stale_temporaries_of_a_killed_run_are_removed(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [f".checkpoint.tmp-{os.getppid()}-x4", "checkpoint", "m.onnx"]
 
 
-def test_an_interrupt_while_the_temporary_is_made_or_removed_leaves_nothing(tmp_path, monkeypatch):
+def test_an_interrupt_while_the_temporary_is_made_or_removed_leaves_nothing(tmp_path, monkeypatch, sigint_raises):
     """SIGINT arriving just after the temporary folder is made, or while the replaced copy is being removed, waits
     until the folder is known or gone (CI and a 60-run trial saw `.checkpoint.tmp-*` and `.checkpoint.old-*` left
     by interrupts at exactly those moments)."""
@@ -448,7 +449,8 @@ def test_signals_leave_the_last_checkpoint_and_no_junk(models, tmp_path, capsys,
     args = ["finetune", str(models / "teacher"), "--task", str(models / "data.csv"), "--out", str(run),
             "--batch-size", "2", "--max-steps", "300", "--save-every", "1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(mabert.__file__).parents[1])}
-    process = subprocess.Popen([sys.executable, "-c", SIGNAL_RUN, *args], env=env, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen([sys.executable, "-c", SIGNAL_RUN, *args], env=env, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=default_sigint)
     deadline = time.time() + 120
     while not (run / "checkpoint" / "state.json").exists() and time.time() < deadline and process.poll() is None:
         time.sleep(0.05)

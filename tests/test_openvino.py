@@ -9,7 +9,7 @@ from transformers import AutoModelForSequenceClassification, BertConfig, BertFor
 
 pytest.importorskip("openvino")
 
-from conftest import make_realistic, tiny_bert_config, tiny_distilbert_config  # noqa: E402
+from conftest import default_sigint, make_realistic, tiny_bert_config, tiny_distilbert_config  # noqa: E402
 from mabert.cli import main  # noqa: E402
 from mabert.errors import MABertError  # noqa: E402
 from mabert.export import export_onnx  # noqa: E402
@@ -268,5 +268,5 @@ def test_ctrl_c_after_openvino_is_a_clean_interrupt(tmp_path):
     ma_onnx = fused_onnx(tmp_path, CONFIGS["bert-masked"](), name="ma.onnx")
     export_openvino(ma_onnx, tmp_path / "ov")
     done = subprocess.run([sys.executable, "-c", CTRL_C_AFTER_OPENVINO, str(tmp_path / "ov")], capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=120, preexec_fn=default_sigint)
     assert done.returncode == 0 and done.stdout.strip() == "interrupted cleanly", (done.returncode, done.stderr[-500:])

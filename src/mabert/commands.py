@@ -199,11 +199,11 @@ def _load_pair(args, load, task=None, data=None, load_student=None):
 
 
 def _distill(args):
+    from dataclasses import replace
+
     from .conversion import load_task_student
     from .corpora import task_augmentation
     from .data import load_texts
-    from dataclasses import replace
-
     from .io import load_classifier
     from .recipe import length_calibration_step
     from .train import distill
@@ -212,11 +212,12 @@ def _distill(args):
     teacher, student, tokenizer = _load_pair(args, load_classifier, task, train,
                                              load_student=lambda path, t: load_task_student(path, t, args.seed))
     own_texts = load_texts(args.unlabelled_texts, seed=args.seed) if args.unlabelled_texts else None
+    calibrate = length_calibration_step(tokenizer, train, replace(DEFAULTS, length_steps=args.length_steps,
+                                                                  seed=args.seed))
     train, extra = task_augmentation(train, args.joined_fraction, args.unlabelled, args.seed, own_texts)
-    recipe = replace(DEFAULTS, length_steps=args.length_steps, seed=args.seed)
     summary = distill(teacher, student, tokenizer, train, args.out, _train_settings(args), extra_inputs=extra,
                       card={"teacher": args.teacher, "base_model": args.student, **_data_facts(args, train)},
-                      after_training=length_calibration_step(tokenizer, train, extra, recipe))
+                      after_training=calibrate and calibrate(train, extra))
     print(f"distilled {summary['steps']} steps in {summary['wall_time_s']} s → {args.out}/model")
 
 

@@ -82,11 +82,15 @@ def _query_key_modules(teacher: nn.Module) -> list[tuple[nn.Module, nn.Module, i
 
 
 @torch.no_grad()
-def collect_score_rows(teacher: nn.Module, batches, length: int, rows_per_layer: int = 20000, seed: int = 0):
-    """The teacher's real scaled attention-score rows per layer, zero-padded to `length`.
-    batches: iterable of dicts with input_ids / attention_mask (and token_type_ids). Returns per layer
-    (rows (N, L), key_mask (N, L))."""
+def collect_score_rows(teacher: nn.Module, batches, length: int, rows_per_layer: int = 20000, seed: int = 0,
+                       keep_fraction: float | None = None):
+    """The teacher's real scaled attention-score rows per layer, zero-padded to `length`, on the CPU.
+    batches: iterable of dicts with input_ids / attention_mask (and token_type_ids), moved to the model's device.
+    With `keep_fraction`, each batch's rows are thinned to about that share as they come (memory: a long corpus
+    has millions of rows per layer). Returns per layer (rows (N, L), key_mask (N, L))."""
     generator = torch.Generator().manual_seed(seed)
+    thinning = torch.Generator().manual_seed(seed + 1)
+    device = next(teacher.parameters()).device
     modules = _query_key_modules(teacher)
     captured: dict[int, dict[str, torch.Tensor]] = {}
     hooks = []
@@ -97,10 +101,11 @@ def collect_score_rows(teacher: nn.Module, batches, length: int, rows_per_layer:
     teacher.eval()
     try:
         for batch in batches:
-            mask = batch["attention_mask"]
+            mask = batch["attention_mask"].to(device)
             if mask.shape[1] > length:
                 raise ValueError(f"batch length {mask.shape[1]} exceeds the approximator length {length}")
-            teacher(**{k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")})
+            teacher(**{k: v.to(device) for k, v in batch.items()
+                       if k in ("input_ids", "attention_mask", "token_type_ids")})
             for index, (_, _, heads) in enumerate(modules):
                 q, k = captured[index]["q"], captured[index]["k"]
                 batch_size, tokens, width = q.shape
@@ -109,8 +114,10 @@ def collect_score_rows(teacher: nn.Module, batches, length: int, rows_per_layer:
                 scores = (q @ k.transpose(-1, -2)) / (width // heads) ** 0.5
                 keys = mask[:, None, None, :].to(scores.dtype).expand_as(scores)
                 real_rows = mask[:, None, :].expand(batch_size, heads, tokens).reshape(-1).bool()
-                rows = (scores * keys).reshape(-1, tokens)[real_rows]
-                keys = keys.reshape(-1, tokens)[real_rows]
+                if keep_fraction is not None:
+                    real_rows &= (torch.rand(real_rows.shape, generator=thinning) < keep_fraction).to(device)
+                rows = (scores * keys).reshape(-1, tokens)[real_rows].cpu()
+                keys = keys.reshape(-1, tokens)[real_rows].cpu()
                 per_layer[index][0].append(nn.functional.pad(rows, (0, length - tokens)))
                 per_layer[index][1].append(nn.functional.pad(keys, (0, length - tokens)))
     finally:

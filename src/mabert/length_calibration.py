@@ -10,7 +10,8 @@ This step collects the student's own score rows on text of every length up to L 
 texts joined four by four, bundled English passages), then refits each approximator: a row no longer than
 `seen` (the length that KD's inputs reached, 99th percentile) keeps the approximator's current output as its
 target, weighted `short_weight`× so that what KD tuned is kept; a longer row gets the softmax of the row. Only the
-approximators change; φ and the activation bounds, calibrated on training inputs, stay as they are.
+approximators change; φ and the activation bounds stay as calibrated on training inputs (short ones, on which the
+approximators' outputs are kept).
 """
 from __future__ import annotations
 
@@ -62,40 +63,50 @@ def _rows_per_approximator(student, rows):
 
 
 @torch.no_grad()
-def _errors(approximator, rows, key_mask, seen: int) -> tuple[float, float]:
-    """(MSE to softmax on rows ≤ seen, on longer rows)."""
+def _errors(approximator, rows, key_mask, seen: int) -> tuple[float | None, float | None]:
+    """(MSE to softmax on rows ≤ seen, on longer rows); None where there are no such rows."""
     error = ((approximator(rows, key_mask) - softmax_targets(rows, key_mask)) ** 2).mean(-1)
     long = key_mask.sum(-1) > seen
-    return (error[~long].mean().item() if (~long).any() else float("nan"),
-            error[long].mean().item() if long.any() else float("nan"))
+    return (error[~long].mean().item() if (~long).any() else None,
+            error[long].mean().item() if long.any() else None)
 
 
 def calibrate_lengths(student, tokenizer, datasets, seen: int, steps: int = 6000, short_weight: float = 16.0,
                       lr: float = 1e-3, rows_per_layer: int = 60000, seed: int = 0) -> dict:
     """Refit `student`'s approximators in place (see the module docstring) on the score rows of `datasets`
-    (text_a[/text_b]). Returns a record: rows used, `seen`, and per approximator the MSE to softmax of short and
-    long rows before and after. A student with ReLU attention has nothing to calibrate."""
+    (text_a[/text_b]), all collected from the student as KD left it (a layer's rows are not re-collected after the
+    layers below it change: their long-row outputs move toward softmax, which is what the rows were taken with
+    in mind). Returns a record: rows used, `seen`, and per approximator the MSE to softmax of short and long rows
+    before and after. Students without learnt approximators (ReLU or exact attention) have nothing to calibrate,
+    and when KD already saw every length (no row longer than `seen`) nothing is refitted."""
     if not all(isinstance(p.approximator, SoftmaxApproximator) for p in layer_parts(student)):
-        return {"length_calibration": "not applicable (ReLU attention)"}
+        return {"length_calibration": "not applicable (no softmax approximators)"}
     student.eval()
     length = student.config.softmax_input_size
-    loaders = [make_loader(tokenize(d.select_columns([c for c in d.column_names if c in ("text_a", "text_b")]),
-                                    tokenizer, length), tokenizer, 32) for d in datasets]
+    encoded = [tokenize(d.select_columns([c for c in d.column_names if c in ("text_a", "text_b")]), tokenizer, length)
+               for d in datasets]
+    # thin the rows as they come: a corpus of every length has millions of rows per layer (GBs as float32)
+    total = sum(len(ids) for data in encoded for ids in data["input_ids"]) * layer_parts(student)[0].num_heads
+    loaders = [make_loader(data, tokenizer, 32) for data in encoded]
     rows = collect_score_rows(student, (batch for loader in loaders for batch in loader), length,
-                              rows_per_layer=rows_per_layer, seed=seed)
-    before, after = [], []
+                              rows_per_layer=rows_per_layer, seed=seed,
+                              keep_fraction=min(1.0, 1.5 * rows_per_layer / max(total, 1)))
+    before, after, long_rows = [], [], []
     for approximator, layer_rows, key_mask in _rows_per_approximator(student, rows):
         before.append(_errors(approximator, layer_rows, key_mask, seen))
         long = key_mask.sum(-1, keepdim=True) > seen
+        long_rows.append(int(long.sum()))
+        if not long.any():
+            after.append(before[-1])
+            continue
         with torch.no_grad():
             targets = torch.where(long, softmax_targets(layer_rows, key_mask), approximator(layer_rows, key_mask))
         weights = torch.where(long, 1.0, short_weight)
         fit_approximator(approximator, layer_rows, key_mask, steps=steps, lr=lr, seed=seed, targets=targets,
                          row_weights=weights, anneal=True)
         after.append(_errors(approximator, layer_rows, key_mask, seen))
-    long_rows = int((rows[0][1].sum(-1) > seen).sum())
     return {"length_calibration": {
-        "seen_length": seen, "rows_per_layer": int(rows[0][0].shape[0]), "long_rows_per_layer": long_rows,
-        "steps": steps, "short_weight": short_weight,
+        "seen_length": seen, "rows_per_layer": int(rows[0][0].shape[0]), "long_rows": long_rows,
+        "steps": steps if any(long_rows) else 0, "short_weight": short_weight,
         "softmax_mse_short_before": [b[0] for b in before], "softmax_mse_long_before": [b[1] for b in before],
         "softmax_mse_short_after": [a[0] for a in after], "softmax_mse_long_after": [a[1] for a in after]}}
