@@ -154,3 +154,23 @@ def test_cli_fuse_export_audit(tmp_path, tiny_vocab):
     assert main(["audit", str(tmp_path / "m.onnx")]) == 0
     assert main(["export", str(tmp_path / "missing"), str(tmp_path / "x.onnx")]) == 2
     assert not (tmp_path / "x.onnx").exists()
+
+
+@pytest.mark.parametrize("percentile", [False, True])
+def test_static_int8_follows_the_fp32_graph(tmp_path, percentile):
+    """Calibrated on feeds of varying batch size and length (percentile ranges stack every feed's activations,
+    so the feeds are split into rows and padded), the int8 graph stays close to fp32 and passes the audit."""
+    from mabert.quantize import onnx_predict, quantize_static_int8
+
+    model = make_realistic(AutoModelForSequenceClassification.from_config(
+        tiny_bert_config(softmax_mask_mode="masked", pooler_act="relu")))
+    fp32 = export_onnx(fuse(model), tmp_path / "m.onnx")
+    generator = np.random.default_rng(0)
+    feeds = [{"input_ids": generator.integers(5, 64, (batch, length)), "attention_mask": np.ones((batch, length), int)}
+             for batch, length in ((4, 9), (3, 16), (1, 5), (4, 12))]
+    int8 = quantize_static_int8(fp32, tmp_path / "q.onnx", feeds, percentile=percentile)
+    batches = [_padded_batch(16), _padded_batch(9)]
+    batches = [(ids.numpy(), mask.numpy()) for ids, mask in batches]
+    want, got = onnx_predict(fp32, batches), onnx_predict(int8, batches)
+    assert np.abs(got - want).max() < 0.15 * np.abs(want).max()
+    assert audit(int8)["passed"]

@@ -215,7 +215,7 @@ class Pipeline:
                                   tokenizer, 32)
         quantize_static_int8(graphs["ma-student"], graphs["ma-student-static-int8"],
                              [{"input_ids": b["input_ids"].numpy(), "attention_mask": b["attention_mask"].numpy()}
-                              for b in calibration])
+                              for b in calibration], percentile=True)
         loader = make_loader(tokenize(held_out, tokenizer, length), tokenizer, 64)
         batches = [(b["input_ids"].numpy(), b["attention_mask"].numpy()) for b in loader]
         labels = torch.cat([b["labels"] for b in loader]).numpy()
