@@ -246,26 +246,31 @@ def _add_layer(params, name, layer, amax, stream, heads, relu_attention, max_len
     return _add_residual_pair(params, name, layer, amax, stream, context_channels)
 
 
+def _add_residual(params, name, step, writer, norm_scale, bound, amax, stream, reader_channels) -> np.ndarray:
+    """r' = bound(r ⊙ norm_scale + writer(x)) as one step: `stream` is r's per-channel scale, `reader_channels`
+    x's (folded into the writer's weight). Returns r''s per-channel scale."""
+    out = _scale(amax[f"{name}.{step}"])
+    weight, row_scale = _quantize_rows(_np(writer.weight) * reader_channels)
+    params[f"{name}.{_WRITERS[step]}.weight"] = np.ascontiguousarray(weight.T)
+    low, high = _bounds(bound)
+    add_step(params, f"{name}.{step}", [_np(norm_scale) * stream / out, row_scale / out], _np(writer.bias) / out,
+             [INT8_MAX, weight.shape[1] * WORST_PRODUCT],
+             _to_int8_range(low, out, -INT8_MAX), _to_int8_range(high, out, INT8_MAX))
+    return out
+
+
+_WRITERS = {"attention_residual": "attention_out", "ffn_residual": "ffn_out"}
+
+
 def _add_residual_pair(params, name, layer, amax, stream, context_channels) -> np.ndarray:
     """attention_out + norm 1 (residual), ffn_in + ReLU, ffn_out + norm 2 (residual)."""
-    middle = _scale(amax[f"{name}.attention_residual"])
-    weight, row_scale = _quantize_rows(_np(layer.attention_out.weight) * context_channels)
-    params[f"{name}.attention_out.weight"] = np.ascontiguousarray(weight.T)
-    low, high = _bounds(layer.bound1)
-    add_step(params, f"{name}.attention_residual", [_np(layer.scale1) * stream / middle, row_scale / middle],
-             _np(layer.attention_out.bias) / middle, [INT8_MAX, weight.shape[1] * WORST_PRODUCT],
-             _to_int8_range(low, middle, -INT8_MAX), _to_int8_range(high, middle, INT8_MAX))
+    middle = _add_residual(params, name, "attention_residual", layer.attention_out, layer.scale1, layer.bound1, amax,
+                           stream, context_channels)
     hidden = _scale(amax[f"{name}.ffn_hidden"])
     weight, row_scale = _quantize_rows(_np(layer.ffn_in.weight) * middle)
     params[f"{name}.ffn_in.weight"] = np.ascontiguousarray(weight.T)
     add_step(params, f"{name}.ffn_hidden", [row_scale / hidden], _np(layer.ffn_in.bias) / hidden,
              [weight.shape[1] * WORST_PRODUCT], np.zeros(hidden.shape, np.int32), np.full(hidden.shape, INT8_MAX,
                                                                                           np.int32))
-    out = _scale(amax[f"{name}.ffn_residual"])
-    weight, row_scale = _quantize_rows(_np(layer.ffn_out.weight) * hidden)
-    params[f"{name}.ffn_out.weight"] = np.ascontiguousarray(weight.T)
-    low, high = _bounds(layer.bound2)
-    add_step(params, f"{name}.ffn_residual", [_np(layer.scale2) * middle / out, row_scale / out],
-             _np(layer.ffn_out.bias) / out, [INT8_MAX, weight.shape[1] * WORST_PRODUCT],
-             _to_int8_range(low, out, -INT8_MAX), _to_int8_range(high, out, INT8_MAX))
-    return out
+    return _add_residual(params, name, "ffn_residual", layer.ffn_out, layer.scale2, layer.bound2, amax, middle,
+                         hidden)
