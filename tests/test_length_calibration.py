@@ -118,6 +118,16 @@ def test_distill_runs_the_hook_before_saving_and_records_it(tmp_path, tiny_vocab
     assert np.isfinite(json.loads((tmp_path / "s" / "summary.json").read_text())["final_loss"])
 
 
+def test_a_job_stopped_early_leaves_the_hook_to_the_finished_run(tmp_path, tiny_vocab):
+    tokenizer = BertTokenizerFast(vocab_file=str(tiny_vocab))
+    calls = []
+    summary = distill(tiny_teacher(), _student(softmax_mask_mode="masked"), tokenizer, sentiment_data(), tmp_path / "s",
+                      TrainSettings(max_steps=4, stop_after=2, save_every=2, batch_size=8, lr=1e-3),
+                      after_training=lambda s: calls.append(s) or {"length_calibration": {}})
+    assert summary["steps"] == 2 and not calls
+    assert summary["after_training"] == "skipped: stopped at step 2 of 4"
+
+
 def test_nothing_to_do_when_kd_saw_every_length_or_it_is_switched_off(tiny_vocab):
     from dataclasses import replace
 

@@ -95,6 +95,13 @@ def test_agreement_and_logit_ranges(trained_pair):
         s = student(**batch).logits.argmax(-1)
         t = teacher(**batch).logits.argmax(-1)
     assert result["agreement"] == pytest.approx((s == t).float().mean().item())
+    with torch.no_grad():
+        probabilities = teacher(**batch).logits.softmax(-1).sort(-1).values
+    decided = (probabilities[:, -1] - probabilities[:, -2]) >= 0.2
+    assert result["teacher_decided_share"] == pytest.approx(decided.float().mean().item())
+    if decided.any():
+        assert result["agreement_where_teacher_decided"] == pytest.approx((s == t)[decided].float().mean().item())
+    assert same["teacher_decided_share"] == 0.0 or same["agreement_where_teacher_decided"] == 1.0
 
 
 def test_evaluation_refuses_non_finite_logits(trained_pair):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .evaluation import DECIDED_MARGIN
 from .io import atomic_file
 from .metrics import headline
 
@@ -147,11 +148,13 @@ def robustness_section(robustness: dict) -> list[str]:
     if robustness.get("out_of_domain"):
         lines += ["", "Text the student was never distilled on (no labels): agreement with the teacher and the "
                   "largest |logit| of each model:", "",
-                  "| text | examples | median tokens | agreement | student max abs logit | teacher max abs logit | "
-                  "non-finite |", "|---|---|---|---|---|---|---|"]
+                  f"| text | examples | median tokens | agreement | teacher decided (top two p ≥ {DECIDED_MARGIN} apart) | agreement there | "
+                  "student max abs logit | teacher max abs logit | non-finite |", "|---|---|---|---|---|---|---|---|---|"]
         for name, row in robustness["out_of_domain"].items():
-            agreement = row.get("agreement", float("nan"))
-            lines.append(f"| {name} | {row['examples']} | {row['median_tokens']:.0f} | {agreement:.4f} | "
+            nan = float("nan")
+            lines.append(f"| {name} | {row['examples']} | {row['median_tokens']:.0f} | {row.get('agreement', nan):.4f} | "
+                         f"{row.get('teacher_decided_share', nan):.2f} | "
+                         f"{row.get('agreement_where_teacher_decided', nan):.4f} | "
                          f"{row['student_max_abs_logit']:.2f} | {row['teacher_max_abs_logit']:.2f} | "
                          f"{row['student_non_finite']} |")
     return lines

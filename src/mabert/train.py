@@ -68,6 +68,7 @@ def parameter_groups(model, weight_decay: float) -> list[dict]:
 class TrainResult:
     """What `train_loop` hands to the stage that saves: numbers for the record and the live trained objects."""
     steps: int
+    total_steps: int         # of the whole run; steps < total_steps when the job stopped early (stop_after)
     wall_time_s: float
     history: list[dict]      # one {"step", loss terms…} per step, from the first step of the run (resumes included)
     model: torch.nn.Module   # unwrapped from DDP
@@ -141,7 +142,7 @@ def train_loop(model, loader, step_loss, out_dir: Path, settings: TrainSettings,
                 break
     bar.close()
     accelerator.wait_for_everyone()
-    return TrainResult(step, time.time() - start, history, accelerator.unwrap_model(model), accelerator)
+    return TrainResult(step, total_steps, time.time() - start, history, accelerator.unwrap_model(model), accelerator)
 
 
 def _save_checkpoint(accelerator, checkpoint_dir: Path, step: int, run: dict, history: list) -> None:
@@ -278,7 +279,10 @@ def _kd_run(teacher, student, trained, loader, step_loss, tokenizer, out_dir, se
         if handover is not None:
             handover.remove()
     calibration = calibrate_for_inference(trained, student, loader, settings.recalibrate_phi_batches)
-    if after_training is not None:
+    if after_training is not None and result.steps < result.total_steps:
+        # a job cut short by stop_after (to be resumed): the hook belongs to the finished run only
+        calibration["after_training"] = f"skipped: stopped at step {result.steps} of {result.total_steps}"
+    elif after_training is not None:
         calibration.update(after_training(student))
         card = {**card, **{k: v for k, v in calibration.items() if k == "length_calibration"}}
     result.model = student
