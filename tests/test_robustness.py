@@ -15,6 +15,8 @@ from mabert.corpora import joined_examples, mixed_length_passages, task_augmenta
 from mabert.errors import MABertError
 from mabert.evaluation import compare_with_teacher, evaluate_with_lengths, metrics_by_length
 from mabert.data import Task
+from mabert.metrics import teacher_agreement
+from mabert.report import robustness_section
 from test_train import POSITIVE, sentiment_data, tiny_teacher
 
 
@@ -95,13 +97,44 @@ def test_agreement_and_logit_ranges(trained_pair):
         s = student(**batch).logits.argmax(-1)
         t = teacher(**batch).logits.argmax(-1)
     assert result["agreement"] == pytest.approx((s == t).float().mean().item())
+    assert result == {**result, **teacher_agreement(student_logits(student, tokenizer, texts),
+                                                    student_logits(teacher, tokenizer, texts))}
+    # the decided share is the teacher's alone
+    assert same["teacher_decided_share"] == result["teacher_decided_share"]
+
+
+def student_logits(model, tokenizer, texts):
     with torch.no_grad():
-        probabilities = teacher(**batch).logits.softmax(-1).sort(-1).values
-    decided = (probabilities[:, -1] - probabilities[:, -2]) >= 0.2
-    assert result["teacher_decided_share"] == pytest.approx(decided.float().mean().item())
-    if decided.any():
-        assert result["agreement_where_teacher_decided"] == pytest.approx((s == t)[decided].float().mean().item())
-    assert same["teacher_decided_share"] == 0.0 or same["agreement_where_teacher_decided"] == 1.0
+        return model(**tokenizer(list(texts["text_a"]), padding=True, return_tensors="pt")).logits.numpy()
+
+
+def test_teacher_agreement_by_hand():
+    # two classes: decided when p_top − p_second ≥ 0.2, i.e. logit margin ≥ ln 1.5 ≈ 0.405
+    teacher = np.array([[2.0, 0.0], [0.0, 0.3], [0.0, 1.0], [0.1, 0.0]])
+    student = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 2.0], [0.0, 0.5]])
+    assert teacher_agreement(student, teacher) == {"agreement": 0.5, "teacher_decided_share": 0.5,
+                                                  "agreement_where_teacher_decided": 1.0}
+    # three classes: the gap is between the two largest probabilities
+    three = np.log(np.array([[0.55, 0.3, 0.15], [0.45, 0.35, 0.2], [0.1, 0.1, 0.8]]))
+    assert teacher_agreement(three[[2, 0, 0]], three) == {"agreement": 1 / 3, "teacher_decided_share": 2 / 3,
+                                                           "agreement_where_teacher_decided": 0.0}
+    # nothing decided: no agreement to report there (JSON null, "–" in the report)
+    assert teacher_agreement(teacher[[3]], teacher[[3]])["agreement_where_teacher_decided"] is None
+
+
+def test_report_table_has_a_cell_per_column_for_new_and_old_records():
+    row = {"examples": 4, "median_tokens": 12.0, "student_non_finite": 0, "student_max_abs_logit": 1.5,
+           "teacher_max_abs_logit": 1.2, "agreement": 0.75}
+    robustness = {"in_domain": {}, "out_of_domain": {
+        "new": {**row, "teacher_decided_share": 0.5, "agreement_where_teacher_decided": 1.0},
+        "nothing decided": {**row, "teacher_decided_share": 0.0, "agreement_where_teacher_decided": None},
+        "older record": row}}
+    lines = robustness_section(robustness)
+    table = [line for line in lines[lines.index(next(x for x in lines if x.startswith("| text |"))):]
+             if line.startswith("| ")]
+    assert len({line.count("|") for line in table}) == 1 and len(table) == 4
+    assert "| new | 4 | 12 | 0.7500 | 0.5000 | 1.0000 | 1.50 | 1.20 | 0 |" in table
+    assert table[2].split(" | ")[5] == "–" and table[3].split(" | ")[4:6] == ["–", "–"]
 
 
 def test_evaluation_refuses_non_finite_logits(trained_pair):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from scipy.special import softmax
 
 from .attention import request_attention_maps
 from .batches import make_loader, pads_to_full_length
@@ -12,7 +11,7 @@ from .data import tokenize
 from .errors import MABertError
 from .kd_losses import attention_mse, layer_map, masked_mse
 from .longtext import document_logits, max_length_of
-from .metrics import compute_metrics
+from .metrics import compute_metrics, teacher_agreement
 from .predict import torch_call
 from .registry import model_input_names
 
@@ -58,9 +57,6 @@ def metrics_by_length(logits, labels, lengths, metric: str, edges=LENGTH_EDGES) 
     return out
 
 
-DECIDED_MARGIN = 0.2  # teacher's top-class probability minus the runner-up's (two classes: p ≥ 0.6)
-
-
 def compare_with_teacher(student, teacher, tokenizer, dataset, batch_size: int = 64) -> dict:
     """On (unlabelled) text: how often the student's prediction is the teacher's, and both models' logit ranges.
     Regression tasks report the mean absolute difference of the predictions instead of agreement."""
@@ -74,15 +70,7 @@ def compare_with_teacher(student, teacher, tokenizer, dataset, batch_size: int =
     if s_logits.shape[1] == 1:
         result["mean_abs_difference"] = float(np.abs(s_logits[:, 0] - t_logits[:, 0]).mean())
     else:
-        agree = predictions_of(s_logits) == predictions_of(t_logits)
-        result["agreement"] = float(agree.mean())
-        # Out of domain the teacher is often undecided (measured: a third of headlines within 0.5 of its decision
-        # boundary in logit margin), where any small change flips its class; agreement on the inputs it decides
-        # says whether the student follows its real predictions.
-        top2 = np.sort(softmax(t_logits, axis=-1), axis=-1)[:, -2:]
-        decided = (top2[:, 1] - top2[:, 0]) >= DECIDED_MARGIN
-        result["teacher_decided_share"] = float(decided.mean())
-        result["agreement_where_teacher_decided"] = float(agree[decided].mean()) if decided.any() else float("nan")
+        result.update(teacher_agreement(s_logits, t_logits))
     return result
 
 

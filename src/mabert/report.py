@@ -4,9 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .evaluation import DECIDED_MARGIN
 from .io import atomic_file
-from .metrics import headline
+from .metrics import DECIDED_MARGIN, headline
 
 
 def _curves(out: Path) -> str | None:
@@ -132,6 +131,11 @@ def usage_section(out: Path, predict: dict) -> list[str]:
     return lines
 
 
+def _share(value) -> str:
+    """A fraction to four places; "–" where the record has none (regression, older records, nothing decided)."""
+    return "–" if value is None else f"{value:.4f}"
+
+
 def robustness_section(robustness: dict) -> list[str]:
     """Held-out metrics per length bucket, then agreement with the teacher on text never distilled on."""
     lines = ["", "## What users meet", "", "Held-out examples by length (tokens), teacher / MA student:", "",
@@ -146,15 +150,16 @@ def robustness_section(robustness: dict) -> list[str]:
             lines.append(f"| {name} | {bucket} | {t_metrics['examples']} | {t_value:.4f} | {s_value:.4f} | "
                          f"{100 * (s_value - t_value):+.2f} |")
     if robustness.get("out_of_domain"):
-        lines += ["", "Text the student was never distilled on (no labels): agreement with the teacher and the "
-                  "largest |logit| of each model:", "",
-                  f"| text | examples | median tokens | agreement | teacher decided (top two p ≥ {DECIDED_MARGIN} apart) | agreement there | "
-                  "student max abs logit | teacher max abs logit | non-finite |", "|---|---|---|---|---|---|---|---|---|"]
+        lines += ["", "Text the student was never distilled on (no labels): agreement with the teacher, on all "
+                  f"inputs and on those the teacher decides (its top two class probabilities ≥ {DECIDED_MARGIN} "
+                  "apart), and the largest |logit| of each model:", "",
+                  "| text | examples | median tokens | agreement | teacher decided | agreement where decided | "
+                  "student max abs logit | teacher max abs logit | non-finite |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for name, row in robustness["out_of_domain"].items():
-            nan = float("nan")
-            lines.append(f"| {name} | {row['examples']} | {row['median_tokens']:.0f} | {row.get('agreement', nan):.4f} | "
-                         f"{row.get('teacher_decided_share', nan):.2f} | "
-                         f"{row.get('agreement_where_teacher_decided', nan):.4f} | "
+            lines.append(f"| {name} | {row['examples']} | {row['median_tokens']:.0f} | "
+                         f"{_share(row.get('agreement'))} | {_share(row.get('teacher_decided_share'))} | "
+                         f"{_share(row.get('agreement_where_teacher_decided'))} | "
                          f"{row['student_max_abs_logit']:.2f} | {row['teacher_max_abs_logit']:.2f} | "
                          f"{row['student_non_finite']} |")
     return lines

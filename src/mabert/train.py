@@ -282,6 +282,7 @@ def _kd_run(teacher, student, trained, loader, step_loss, tokenizer, out_dir, se
     if after_training is not None and result.steps < result.total_steps:
         # a job cut short by stop_after (to be resumed): the hook belongs to the finished run only
         calibration["after_training"] = f"skipped: stopped at step {result.steps} of {result.total_steps}"
+        card = {**card, "after_training": calibration["after_training"]}
     elif after_training is not None:
         calibration.update(after_training(student))
         card = {**card, **{k: v for k, v in calibration.items() if k == "length_calibration"}}
