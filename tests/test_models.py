@@ -102,3 +102,35 @@ def test_save_load_round_trip_through_auto_classes_and_pipeline(config, tmp_path
         probs = torch.softmax(model(**enc).logits, -1)[0]
     assert result[0]["label"] == model.config.id2label[int(probs.argmax())]
     assert result[0]["score"] == pytest.approx(float(probs.max()), abs=1e-5)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: mabert.MABertForSequenceClassification(tiny_bert_config(
+        softmax_mask_mode="masked", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)),
+    lambda: mabert.MADistilBertForSequenceClassification(tiny_distilbert_config(
+        softmax_mask_mode="masked", dropout=0.0, attention_dropout=0.0, seq_classif_dropout=0.0)),
+], ids=["bert", "distilbert"])
+def test_training_statistics_are_padding_independent(make):
+    """PowerNorm's batch statistics (training) and φ calibration count real tokens only: a sentence padded with
+    junk to L trains through the same activations and gets the same φ as the sentence alone."""
+    import copy
+
+    from mabert.powernorm import PowerNorm, calibrate_running_phi
+
+    torch.manual_seed(0)
+    model = make_realistic(make())
+    ids = torch.randint(5, 64, (2, 9))
+    padded = torch.cat([ids, torch.randint(5, 64, (2, 7))], dim=1)
+    mask = torch.cat([torch.ones(2, 9), torch.zeros(2, 7)], dim=1).long()
+    alone, with_padding = copy.deepcopy(model).train(), copy.deepcopy(model).train()
+    a = alone(ids, attention_mask=torch.ones(2, 9).long(), output_hidden_states=True)
+    b = with_padding(padded, attention_mask=mask, output_hidden_states=True)
+    torch.testing.assert_close(b.logits, a.logits, atol=1e-5, rtol=1e-5)
+    for x, y in zip(b.hidden_states, a.hidden_states):
+        torch.testing.assert_close(x[:, :9], y, atol=1e-5, rtol=1e-5)
+    for m, inputs in ((alone, (ids, torch.ones(2, 9).long())), (with_padding, (padded, mask))):
+        calibrate_running_phi(m, [inputs], lambda model, batch: model(batch[0], attention_mask=batch[1]))
+    phis = [[n.running_phi for n in m.modules() if isinstance(n, PowerNorm)] for m in (alone, with_padding)]
+    assert len(phis[0]) > 0
+    for p, q in zip(*phis):
+        torch.testing.assert_close(q, p, atol=1e-6, rtol=1e-5)

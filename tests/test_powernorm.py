@@ -95,3 +95,37 @@ def test_calibrate_running_phi_matches_inputs_second_moment():
         # its φ is the mean over what it actually received
         assert torch.all(model[3].running_phi > 0) and not torch.allclose(model[3].running_phi, torch.ones(1))
     assert model.training  # the caller's mode is restored
+
+
+def test_statistics_count_only_real_tokens():
+    """Inside real_tokens(mask) the batch E[x²] and the backward's ema_gz update are over the real rows only, and
+    padding rows get no batch-coupling term (checked against NumPy), so real rows come out the same whatever the
+    padding rows hold."""
+    from mabert.powernorm import real_tokens
+
+    eps, alpha_bkw, ema0 = 1e-6, 0.9, np.array([0.1, -0.2, 0.3])
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    real = mask.bool().numpy().reshape(-1)
+    x = torch.randn(2, 5, 3)
+    grad_out = torch.randn(2, 5, 3)
+    xs, g = x.numpy().reshape(-1, 3).astype(np.float64), grad_out.numpy().reshape(-1, 3)
+    sigma = np.sqrt((xs[real] ** 2).mean(0) + eps)
+    z = xs / sigma
+    approx = g - (1 - alpha_bkw) * ema0 * z * real[:, None]
+    for pad_scale in (1.0, 1000.0):
+        norm = PowerNorm(3, eps=eps, alpha_bkw=alpha_bkw, warmup_iters=100).train()
+        with torch.no_grad():
+            norm.ema_gz.copy_(torch.tensor(ema0).view(1, 3, 1, 1))
+        xp = torch.where(mask[..., None].bool(), x, x * pad_scale).requires_grad_()
+        with real_tokens(mask):
+            out = norm(xp)
+        out.backward(grad_out)
+        np.testing.assert_allclose(out.detach().numpy().reshape(-1, 3)[real], z[real], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(norm.ema_gz.view(-1).numpy(), ema0 + (approx[real] * z[real]).mean(0),
+                                   rtol=1e-4, atol=1e-6)
+        if pad_scale == 1.0:
+            np.testing.assert_allclose(xp.grad.numpy().reshape(-1, 3), approx / sigma, rtol=1e-4, atol=1e-5)
+    # outside the block every row counts, as in the reference
+    norm = PowerNorm(3, eps=eps, warmup_iters=100).train()
+    np.testing.assert_allclose(norm(x).detach().numpy().reshape(-1, 3), xs / np.sqrt((xs ** 2).mean(0) + eps),
+                               rtol=1e-4, atol=1e-5)

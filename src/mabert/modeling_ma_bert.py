@@ -26,7 +26,7 @@ from .configuration import MABertConfig
 from .errors import MABertError
 from .feedforward import feedforward_activation
 from .task_heads import key_mask_from, pooler_activation, sequence_classification_loss
-from .powernorm import make_norm
+from .powernorm import make_norm, real_tokens
 from .weight_init import init_ma_weights
 from .registry import BERT
 
@@ -143,11 +143,11 @@ class MABertModel(MABertPreTrainedModel):
         **unused,
     ):
         check_length(input_ids if input_ids is not None else inputs_embeds, self.config)
-        embeddings = self.embeddings(
-            input_ids=input_ids, token_type_ids=token_type_ids, position_ids=position_ids, inputs_embeds=inputs_embeds
-        )
-        key_mask = key_mask_from(attention_mask, embeddings.dtype)
-        sequence_output, hidden_states, attentions = self.encoder(embeddings, key_mask)
+        with real_tokens(attention_mask):  # PowerNorm statistics skip padding rows
+            embeddings = self.embeddings(input_ids=input_ids, token_type_ids=token_type_ids,
+                                         position_ids=position_ids, inputs_embeds=inputs_embeds)
+            key_mask = key_mask_from(attention_mask, embeddings.dtype)
+            sequence_output, hidden_states, attentions = self.encoder(embeddings, key_mask)
         pooled = self.pooler(sequence_output) if self.pooler is not None else None
         return BaseModelOutputWithPooling(
             last_hidden_state=sequence_output,

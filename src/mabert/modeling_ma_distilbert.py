@@ -14,7 +14,7 @@ from .configuration import MADistilBertConfig
 from .feedforward import feedforward_activation
 from .task_heads import key_mask_from, sequence_classification_loss
 from .modeling_ma_bert import _flag, check_length
-from .powernorm import make_norm
+from .powernorm import make_norm, real_tokens
 from .weight_init import init_ma_weights
 from .registry import DISTILBERT
 
@@ -95,9 +95,10 @@ class MADistilBertModel(MADistilBertPreTrainedModel):
     def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None,
                 output_attentions=None, output_hidden_states=None, **unused):
         check_length(input_ids if input_ids is not None else inputs_embeds, self.config)
-        embeddings = self.embeddings(input_ids, inputs_embeds)
-        key_mask = key_mask_from(attention_mask, embeddings.dtype)
-        last, hidden_states, attentions = self.transformer(embeddings, key_mask)
+        with real_tokens(attention_mask):  # PowerNorm statistics skip padding rows
+            embeddings = self.embeddings(input_ids, inputs_embeds)
+            key_mask = key_mask_from(attention_mask, embeddings.dtype)
+            last, hidden_states, attentions = self.transformer(embeddings, key_mask)
         return BaseModelOutput(
             last_hidden_state=last,
             hidden_states=hidden_states if _flag(output_hidden_states, self.config.output_hidden_states) else None,

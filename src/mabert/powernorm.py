@@ -1,7 +1,11 @@
 """Technique 3: PowerNorm, the training-time replacement of LayerNorm.
 
 Training semantics follow the MA-BERT reference (itself the masked PowerNorm of Shen et al.):
-- statistic: per-channel second moment E[x²] over every token of the batch, no mean subtraction;
+- statistic: per-channel second moment E[x²] over every token of the batch, no mean subtraction; inside
+  `real_tokens(attention_mask)` (the MA models' forward) over the real tokens only, as Shen et al.'s masked
+  PowerNorm does: padding rows are computed but read by nothing, and their E[x²] was measured 3–6× that of real
+  tokens in a trained student's middle layers, so counting them scaled every real token by how much of its batch
+  was padding (and set φ from a padding-heavy mix);
 - forward: during warm-up (iters ≤ warmup_iters) x is divided by √(batch E[x²] + ε), afterwards by
   √(running_phi + ε);
 - running_phi is updated every `accumulation_step` training forwards from the accumulated
@@ -15,11 +19,40 @@ iters (1,) int64.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
+
 import torch
 from torch import nn
 
 from .bounds import ActivationBound
 from .choices import NORM_LAYER, NORM_POWER, NORM_TYPES
+
+_REAL_TOKENS: contextvars.ContextVar = contextvars.ContextVar("mabert_real_tokens", default=None)
+
+
+@contextlib.contextmanager
+def real_tokens(attention_mask: torch.Tensor | None):
+    """Within this block, PowerNorm statistics (the training batch E[x²], its approximate backward's running term,
+    `calibrate_running_phi`) count only the positions where `attention_mask` (B, T) is nonzero. No effect at
+    inference, where PowerNorm is a fixed affine map."""
+    token = _REAL_TOKENS.set(attention_mask)  # compared with 0 only when a statistic is taken: no op in traced graphs
+    try:
+        yield
+    finally:
+        _REAL_TOKENS.reset(token)
+
+
+def _statistic_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(rows of x that statistics count, their (N,) boolean selector or None for all): the real tokens inside
+    `real_tokens`, when its mask matches x's token axes; every row otherwise."""
+    rows = x.reshape(-1, x.shape[-1])
+    mask = _REAL_TOKENS.get()
+    if mask is None or tuple(mask.shape) != tuple(x.shape[:-1]) or not bool((mask != 0).any()):
+        return rows, None
+    keep = mask.detach().reshape(-1) != 0
+    return rows[keep], keep
+
 
 def _global_mean(rows: torch.Tensor) -> torch.Tensor:
     """Per-channel mean over all rows of every process, so DDP ranks keep identical statistics."""
@@ -37,7 +70,7 @@ class _PowerNormFunction(torch.autograd.Function):
         g      = ∂L/∂y ⊙ γ                                 (gradient with respect to z)
         ĝ      = g − (1 − α_bkw) · Γ ⊙ z                    (Γ = `ema_gz`)
         ∂L/∂x  = ĝ / √(σ²_batch + ε)
-        Γ     ← Γ + mean over tokens (ĝ ⊙ z)
+        Γ     ← Γ + mean over the counted tokens (ĝ ⊙ z)
     Why: the exact gradient of x / √(E[x²]) has a term −z · mean(g ⊙ z) coupling all tokens of the batch; PowerNorm
     replaces that batch mean with Γ, a running estimate across steps, so training does not depend on one batch's
     statistics. Γ is updated in place from ĝ (not g): since mean(z²) ≈ 1 per channel, the update is
@@ -49,10 +82,10 @@ class _PowerNormFunction(torch.autograd.Function):
     average runs while `iters < warmup_iters` (`_update_running_phi`): both as in the reference."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, divisor_var, batch_var, ema_gz, eps, alpha_bkw):
+    def forward(ctx, x, weight, bias, divisor_var, batch_var, ema_gz, eps, alpha_bkw, keep):
         z = x / (divisor_var + eps).sqrt()
         ctx.save_for_backward(z, batch_var, weight, ema_gz)
-        ctx.eps, ctx.alpha_bkw = eps, alpha_bkw
+        ctx.eps, ctx.alpha_bkw, ctx.keep = eps, alpha_bkw, keep
         return weight * z + bias
 
     @staticmethod
@@ -60,13 +93,19 @@ class _PowerNormFunction(torch.autograd.Function):
         z, batch_var, weight, ema_gz = ctx.saved_tensors
         channels = z.shape[-1]
         g = grad_output * weight
-        approx_grad = g - (1 - ctx.alpha_bkw) * ema_gz * z
+        correction = (1 - ctx.alpha_bkw) * ema_gz * z
+        if ctx.keep is not None:
+            # uncounted (padding) rows do not enter the statistic, so no batch-coupling term reaches them: their
+            # gradient is g/σ exactly. (With the term, rows no loss reads fed Γ·z into the weights and KD diverged.)
+            correction = correction * ctx.keep.reshape(*z.shape[:-1], 1).to(z.dtype)
+        approx_grad = g - correction
         # In-place, as the reference does: ema_gz is a running correction shared across steps.
-        ema_gz.add_(_global_mean((approx_grad * z).reshape(-1, channels)))
+        gz_rows = (approx_grad * z).reshape(-1, channels)
+        ema_gz.add_(_global_mean(gz_rows if ctx.keep is None else gz_rows[ctx.keep]))
         grad_x = approx_grad / (batch_var + ctx.eps).sqrt()
         grad_weight = (grad_output * z).reshape(-1, channels).sum(dim=0)
         grad_bias = grad_output.reshape(-1, channels).sum(dim=0)
-        return grad_x, grad_weight, grad_bias, None, None, None, None, None
+        return grad_x, grad_weight, grad_bias, None, None, None, None, None, None
 
 
 class PowerNorm(nn.Module):
@@ -121,13 +160,14 @@ class PowerNorm(nn.Module):
         with torch.no_grad():
             self.iters += 1
             step = int(self.iters.item())
-            batch_var = _global_mean(x.detach().reshape(-1, channels) ** 2)
+            rows, keep = _statistic_rows(x.detach())
+            batch_var = _global_mean(rows ** 2)
             in_warmup = step <= self.warmup_iters
             divisor_var = batch_var if in_warmup else self.running_phi.reshape(-1).clone()
             self._update_running_phi(batch_var, step)
         ema_gz = self.ema_gz.view(channels)
         return _PowerNormFunction.apply(
-            x, self.weight, self.bias, divisor_var, batch_var, ema_gz, self.eps, self.alpha_bkw
+            x, self.weight, self.bias, divisor_var, batch_var, ema_gz, self.eps, self.alpha_bkw, keep
         )
 
     def _update_running_phi(self, batch_var: torch.Tensor, step: int) -> None:
@@ -161,13 +201,14 @@ def calibrate_running_phi(model: nn.Module, batches, forward) -> int:
     """Set every PowerNorm's running φ to the second moment of its real inputs over `batches`.
 
     Runs `forward(model, batch)` in eval mode; each norm's φ is updated before it runs, so the norms
-    downstream see inputs normalised as they will be at inference. Returns the number of norms set."""
+    downstream see inputs normalised as they will be at inference. Inside the MA models' forward only real tokens
+    count (`real_tokens`). Returns the number of norms set."""
     norms = [m for m in model.modules() if isinstance(m, PowerNorm)]
     sums = {id(n): torch.zeros(n.num_features) for n in norms}
     counts = {id(n): 0 for n in norms}
 
     def update(norm, args):
-        rows = args[0].detach().reshape(-1, norm.num_features)
+        rows, _ = _statistic_rows(args[0].detach())
         sums[id(norm)] += (rows.double() ** 2).sum(dim=0).float()
         counts[id(norm)] += rows.shape[0]
         norm.running_phi.copy_((sums[id(norm)] / counts[id(norm)]).view_as(norm.running_phi))
