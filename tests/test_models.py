@@ -134,3 +134,36 @@ def test_training_statistics_are_padding_independent(make):
     assert len(phis[0]) > 0
     for p, q in zip(*phis):
         torch.testing.assert_close(q, p, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("overrides, counts_padding", [
+    (dict(softmax_mask_mode="multiply"), True),
+    (dict(softmax_mask_mode="masked"), False),
+    (dict(softmax_mask_mode="multiply", attention_kind="relu"), False),
+], ids=["multiply", "masked", "relu"])
+def test_training_statistics_count_padding_only_where_attention_reads_it(overrides, counts_padding):
+    """With the released multiply masking, real tokens read padding rows, so PowerNorm's batch E[x²] counts every
+    row as the reference does; where padded keys get weight 0 it counts the real tokens only. Checked on every
+    norm's training output against NumPy."""
+    import numpy as np
+
+    from mabert.powernorm import PowerNorm
+
+    torch.manual_seed(0)
+    model = make_realistic(mabert.MABertForSequenceClassification(tiny_bert_config(**overrides))).train()
+    mask = torch.tensor([[1] * 16, [1] * 5 + [0] * 11])
+    seen = []
+    norms = [m for m in model.modules() if isinstance(m, PowerNorm)]
+    hooks = [n.register_forward_hook(lambda m, args, out: seen.append((m, args[0].detach(), out.detach())))
+             for n in norms]
+    model(torch.randint(5, 64, (2, 16)), attention_mask=mask)
+    for hook in hooks:
+        hook.remove()
+    assert len(seen) == len(norms) > 0
+    real = mask.numpy().reshape(-1) != 0
+    for norm, x, y in seen:
+        rows = x.double().numpy().reshape(-1, x.shape[-1])
+        counted = rows if counts_padding else rows[real]
+        expected = (norm.weight.detach().double().numpy() * rows / np.sqrt((counted ** 2).mean(axis=0) + norm.eps)
+                    + norm.bias.detach().double().numpy())
+        np.testing.assert_allclose(y.numpy().reshape(-1, x.shape[-1]), expected, rtol=1e-4, atol=1e-5)

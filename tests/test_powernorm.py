@@ -129,3 +129,12 @@ def test_statistics_count_only_real_tokens():
     norm = PowerNorm(3, eps=eps, warmup_iters=100).train()
     np.testing.assert_allclose(norm(x).detach().numpy().reshape(-1, 3), xs / np.sqrt((xs ** 2).mean(0) + eps),
                                rtol=1e-4, atol=1e-5)
+
+
+def test_mask_that_does_not_fit_the_tokens_is_an_error():
+    """A mask with the wrong shape must not silently fall back to counting every row."""
+    from mabert.powernorm import real_tokens
+
+    norm = PowerNorm(4).train()
+    with real_tokens(torch.ones(2, 5)), pytest.raises(ValueError, match="one mask entry per input token"):
+        norm(torch.randn(2, 6, 4))

@@ -6,6 +6,7 @@ import math
 import torch
 from torch import nn
 
+from .choices import ATTENTION_RELU, MASK_MULTIPLY
 from .errors import MABertError
 from .softmax_approx import ReLUAttention, SoftmaxApproximator
 
@@ -18,8 +19,17 @@ def check_heads(width: int, num_heads: int) -> None:
         )
 
 
+def attention_reads_padding(config) -> bool:
+    """Whether padded keys get nonzero attention weight, so real tokens read padding rows: the paper's approximator
+    with the released multiply masking (a padded key's weight is whatever the network outputs for a score of 0).
+    Exact softmax, ReLU attention and the "masked" mode give padded keys weight 0."""
+    return (bool(getattr(config, "use_softmax_approx", False))
+            and getattr(config, "attention_kind", "approximator") != ATTENTION_RELU
+            and getattr(config, "softmax_mask_mode", "") == MASK_MULTIPLY)
+
+
 def build_approximator(config) -> SoftmaxApproximator | ReLUAttention:
-    if getattr(config, "attention_kind", "approximator") == "relu":
+    if getattr(config, "attention_kind", "approximator") == ATTENTION_RELU:
         return ReLUAttention(config.softmax_input_size)
     return SoftmaxApproximator(
         config.softmax_input_size, config.softmax_hidden_layer_size, config.softmax_mask_mode

@@ -6,7 +6,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 from transformers import DataCollatorWithPadding
 
-from .choices import MASK_MULTIPLY
+from .attention import attention_reads_padding
 from .registry import model_input_names
 
 
@@ -14,7 +14,8 @@ class EpochShuffle(Sampler):
     """A permutation drawn from (seed, epoch): the same order again after a resume. Not grouped by length: with
     batches of similar lengths, PowerNorm's batch statistics swung between batches of short sentences and batches
     of long passages, and task KD diverged (attention MSE 0.02 → 0.28, a one-class student; mixed batches: 76.7 %
-    after 120 steps from the same start)."""
+    after 120 steps from the same start). Measured while the statistics still counted padding rows; not re-measured
+    since they count real tokens only."""
 
     def __init__(self, size: int, seed: int):
         self.size, self.seed, self.epoch = size, seed, 0
@@ -34,9 +35,10 @@ class EpochShuffle(Sampler):
 
 
 def pads_to_full_length(model) -> int | None:
-    """Models using the original multiply masking must see length-L inputs; others pad dynamically."""
+    """Models whose attention reads padding (the original multiply masking) must see length-L inputs, as they were
+    trained; others pad dynamically."""
     config = getattr(model, "config", None)
-    if getattr(config, "use_softmax_approx", False) and getattr(config, "softmax_mask_mode", "") == MASK_MULTIPLY:
+    if config is not None and attention_reads_padding(config):
         return config.softmax_input_size
     return None
 

@@ -8,7 +8,7 @@ from transformers.activations import get_activation
 from transformers.modeling_outputs import BaseModelOutput, MaskedLMOutput, SequenceClassifierOutput
 from transformers.models.distilbert.modeling_distilbert import FFN, Embeddings
 
-from .attention import ApproximatorSlot, build_approximator, check_heads, multi_head_attention, run_layers
+from .attention import ApproximatorSlot, attention_reads_padding, build_approximator, check_heads, multi_head_attention, run_layers
 from .bounds import ActivationBound
 from .configuration import MADistilBertConfig
 from .feedforward import feedforward_activation
@@ -95,7 +95,9 @@ class MADistilBertModel(MADistilBertPreTrainedModel):
     def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None,
                 output_attentions=None, output_hidden_states=None, **unused):
         check_length(input_ids if input_ids is not None else inputs_embeds, self.config)
-        with real_tokens(attention_mask):  # PowerNorm statistics skip padding rows
+        # PowerNorm statistics skip padding rows, unless attention reads them (multiply masking): then they are
+        # part of the computation and count, as in the reference
+        with real_tokens(None if attention_reads_padding(self.config) else attention_mask):
             embeddings = self.embeddings(input_ids, inputs_embeds)
             key_mask = key_mask_from(attention_mask, embeddings.dtype)
             last, hidden_states, attentions = self.transformer(embeddings, key_mask)

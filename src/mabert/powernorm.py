@@ -1,16 +1,18 @@
 """Technique 3: PowerNorm, the training-time replacement of LayerNorm.
 
-Training semantics follow the MA-BERT reference (itself the masked PowerNorm of Shen et al.):
-- statistic: per-channel second moment E[x²] over every token of the batch, no mean subtraction; inside
-  `real_tokens(attention_mask)` (the MA models' forward) over the real tokens only, as Shen et al.'s masked
-  PowerNorm does: padding rows are computed but read by nothing, and their E[x²] was measured 3–6× that of real
-  tokens in a trained student's middle layers, so counting them scaled every real token by how much of its batch
-  was padding (and set φ from a padding-heavy mix);
+Training semantics follow the MA-BERT reference (itself the PowerNorm of Shen et al.), with one deliberate deviation:
+- statistic: per-channel second moment E[x²] over every token of the batch, no mean subtraction. Deviation: inside
+  `real_tokens(attention_mask)` it counts the real tokens only. The MA models set that mask whenever their attention
+  gives padded keys weight 0 (so padding rows influence no real token): padding rows' E[x²] was measured 3–6× that
+  of real tokens in a trained student's middle layers, so counting them scaled every real token by how much of its
+  batch was padding, and set φ from a padding-heavy mix. With the released multiply masking padding rows are read,
+  and they count, as in the reference;
 - forward: during warm-up (iters ≤ warmup_iters) x is divided by √(batch E[x²] + ε), afterwards by
   √(running_phi + ε);
 - running_phi is updated every `accumulation_step` training forwards from the accumulated
   statistic: during warm-up first a cumulative average, then (always) an EMA with alpha_fwd;
-- backward is the PowerNorm approximate backward with the `ema_gz` correction term.
+- backward is the PowerNorm approximate backward with the `ema_gz` correction term; under `real_tokens` (the
+  deviation again) Γ is updated from the real tokens and padding rows get no correction term.
 At inference it is the fixed per-channel affine map γ·x/√(φ+ε)+β (see `inference_affine`),
 which `mabert.fuse` folds into neighbouring linear layers, followed, in a bounded model, by a per-channel clamp
 calibrated on training data (`mabert.bounds`).
@@ -45,10 +47,15 @@ def real_tokens(attention_mask: torch.Tensor | None):
 
 def _statistic_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(rows of x that statistics count, their (N,) boolean selector or None for all): the real tokens inside
-    `real_tokens`, when its mask matches x's token axes; every row otherwise."""
+    `real_tokens`; every row outside it, or when the mask has no real token."""
     rows = x.reshape(-1, x.shape[-1])
     mask = _REAL_TOKENS.get()
-    if mask is None or tuple(mask.shape) != tuple(x.shape[:-1]) or not bool((mask != 0).any()):
+    if mask is None:
+        return rows, None
+    if tuple(mask.shape) != tuple(x.shape[:-1]):
+        raise ValueError(f"attention_mask has shape {tuple(mask.shape)} but the normalised activations have token "
+                         f"axes {tuple(x.shape[:-1])}; pass one mask entry per input token")
+    if not bool((mask != 0).any()):
         return rows, None
     keep = mask.detach().reshape(-1) != 0
     return rows[keep], keep
@@ -66,7 +73,8 @@ def _global_mean(rows: torch.Tensor) -> torch.Tensor:
 class _PowerNormFunction(torch.autograd.Function):
     """y = γ ⊙ z + β with z = x / √(σ² + ε), σ² the divisor (the batch E[x²] in warm-up, φ after).
 
-    Backward, per channel (the approximate backward of PowerNorm, Shen et al. 2020, as the MA-BERT reference has it):
+    Backward, per channel (the approximate backward of PowerNorm, Shen et al. 2020, as the MA-BERT reference has it,
+    except that under `real_tokens` only real tokens update Γ and padding rows get no correction term):
         g      = ∂L/∂y ⊙ γ                                 (gradient with respect to z)
         ĝ      = g − (1 − α_bkw) · Γ ⊙ z                    (Γ = `ema_gz`)
         ∂L/∂x  = ĝ / √(σ²_batch + ε)
@@ -96,7 +104,8 @@ class _PowerNormFunction(torch.autograd.Function):
         correction = (1 - ctx.alpha_bkw) * ema_gz * z
         if ctx.keep is not None:
             # uncounted (padding) rows do not enter the statistic, so no batch-coupling term reaches them: their
-            # gradient is g/σ exactly. (With the term, rows no loss reads fed Γ·z into the weights and KD diverged.)
+            # gradient is g/σ exactly. (With the term, padding rows, whose g is ~0, fed −Γ·z into the weights and
+            # KD diverged: loss 1.8 → 273.)
             correction = correction * ctx.keep.reshape(*z.shape[:-1], 1).to(z.dtype)
         approx_grad = g - correction
         # In-place, as the reference does: ema_gz is a running correction shared across steps.
@@ -204,14 +213,14 @@ def calibrate_running_phi(model: nn.Module, batches, forward) -> int:
     downstream see inputs normalised as they will be at inference. Inside the MA models' forward only real tokens
     count (`real_tokens`). Returns the number of norms set."""
     norms = [m for m in model.modules() if isinstance(m, PowerNorm)]
-    sums = {id(n): torch.zeros(n.num_features) for n in norms}
+    sums = {id(n): torch.zeros(n.num_features, dtype=torch.float64, device=n.running_phi.device) for n in norms}
     counts = {id(n): 0 for n in norms}
 
     def update(norm, args):
         rows, _ = _statistic_rows(args[0].detach())
-        sums[id(norm)] += (rows.double() ** 2).sum(dim=0).float()
+        sums[id(norm)] += (rows.double() ** 2).sum(dim=0)
         counts[id(norm)] += rows.shape[0]
-        norm.running_phi.copy_((sums[id(norm)] / counts[id(norm)]).view_as(norm.running_phi))
+        norm.running_phi.copy_((sums[id(norm)] / counts[id(norm)]).view_as(norm.running_phi).float())
 
     hooks = [n.register_forward_pre_hook(update) for n in norms]
     was_training = model.training
