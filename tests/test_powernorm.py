@@ -44,7 +44,7 @@ def test_training_statistics_step_by_step():
 
 def test_approximate_backward_and_ema_gz():
     eps, alpha_bkw = 1e-6, 0.9
-    norm = PowerNorm(3, eps=eps, alpha_bkw=alpha_bkw, warmup_iters=100).train()
+    norm = PowerNorm(3, eps=eps, alpha_bkw=alpha_bkw, warmup_iters=100, backward="approximate").train()
     with torch.no_grad():
         norm.weight.copy_(torch.tensor([1.5, -0.5, 2.0]))
         norm.ema_gz.copy_(torch.tensor([0.1, -0.2, 0.3]).view(1, 3, 1, 1))
@@ -113,7 +113,7 @@ def test_statistics_count_only_real_tokens():
     z = xs / sigma
     approx = g - (1 - alpha_bkw) * ema0 * z * real[:, None]
     for pad_scale in (1.0, 1000.0):
-        norm = PowerNorm(3, eps=eps, alpha_bkw=alpha_bkw, warmup_iters=100).train()
+        norm = PowerNorm(3, eps=eps, alpha_bkw=alpha_bkw, warmup_iters=100, backward="approximate").train()
         with torch.no_grad():
             norm.ema_gz.copy_(torch.tensor(ema0).view(1, 3, 1, 1))
         xp = torch.where(mask[..., None].bool(), x, x * pad_scale).requires_grad_()
@@ -138,3 +138,36 @@ def test_mask_that_does_not_fit_the_tokens_is_an_error():
     norm = PowerNorm(4).train()
     with real_tokens(torch.ones(2, 5)), pytest.raises(ValueError, match="one mask entry per input token"):
         norm(torch.randn(2, 6, 4))
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["all-rows", "real-tokens"])
+def test_exact_backward_against_numpy(masked):
+    """The default backward is the gradient of what the forward computes: in warm-up, for counted rows,
+    ∂L/∂x = (g − z·Σ_rows(g ⊙ z)/N_counted) / σ with g = ∂L/∂y ⊙ γ; uncounted (padding) rows get g / σ; after warm-up
+    (a constant φ) every row gets g / √(φ + ε). Γ (ema_gz) is not used."""
+    from mabert.powernorm import real_tokens
+
+    eps, weight = 1e-6, np.array([1.5, -0.5, 2.0])
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    counted = mask.bool().numpy().reshape(-1) if masked else np.ones(10, dtype=bool)
+    x = torch.randn(2, 5, 3) * 2
+    grad_out = torch.randn(2, 5, 3)
+    xs, dy = x.numpy().reshape(-1, 3).astype(np.float64), grad_out.numpy().reshape(-1, 3).astype(np.float64)
+    sigma = np.sqrt((xs[counted] ** 2).mean(0) + eps)
+    z, g = xs / sigma, dy * weight
+    # every row is divided by σ, so every row's g ⊙ z enters the coupling term; only counted rows move σ
+    expected = g / sigma - counted[:, None] * z * (g * z).sum(0) / counted.sum() / sigma
+    for warmup, expect in ((100, expected), (0, g / np.sqrt(1.0 + eps))):  # warm-up 0: φ (still 1) divides at once
+        norm = PowerNorm(3, eps=eps, warmup_iters=warmup).train()
+        with torch.no_grad():
+            norm.weight.copy_(torch.from_numpy(weight).float())
+        xp = x.clone().requires_grad_()
+        with real_tokens(mask if masked else None):
+            norm(xp).backward(grad_out)
+        np.testing.assert_allclose(xp.grad.numpy().reshape(-1, 3), expect, rtol=1e-4, atol=1e-5)
+        assert not norm.ema_gz.any()
+
+
+def test_unknown_backward_is_rejected():
+    with pytest.raises(ValueError, match="backward must be one of"):
+        PowerNorm(4, backward="fast")

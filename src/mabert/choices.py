@@ -17,6 +17,11 @@ ATTENTION_KINDS = (ATTENTION_APPROXIMATOR, ATTENTION_RELU)
 NORM_POWER, NORM_LAYER = "power", "layer"
 NORM_TYPES = (NORM_POWER, NORM_LAYER)
 
+# powernorm_backward (mabert.powernorm.PowerNorm, training only): "exact" differentiates through the batch statistic
+# the forward divides by; "approximate" is the reference's PowerNorm backward with its running correction Γ
+BACKWARD_EXACT, BACKWARD_APPROXIMATE = "exact", "approximate"
+POWERNORM_BACKWARDS = (BACKWARD_EXACT, BACKWARD_APPROXIMATE)
+
 # pooler_act (MA-BERT's pooler; mabert.task_heads.pooler_activation): "tanh" as in BERT, or none transcendental
 POOLER_TANH, POOLER_RELU, POOLER_IDENTITY = "tanh", "relu", "identity"
 POOLER_ACTIVATIONS = (POOLER_TANH, POOLER_RELU, POOLER_IDENTITY)

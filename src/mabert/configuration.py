@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from transformers import BertConfig, DistilBertConfig
 
-from .choices import (ATTENTION_APPROXIMATOR, ATTENTION_KINDS, ATTENTION_RELU, FFN_RELU, MASK_MODES, MASK_MULTIPLY,
-                      NORM_POWER, NORM_TYPES, POOLER_ACTIVATIONS, POOLER_TANH)
+from .choices import (ATTENTION_APPROXIMATOR, ATTENTION_KINDS, ATTENTION_RELU, BACKWARD_EXACT, FFN_RELU, MASK_MODES,
+                      MASK_MULTIPLY, NORM_POWER, NORM_TYPES, POOLER_ACTIVATIONS, POOLER_TANH, POWERNORM_BACKWARDS)
 from .registry import BERT, DISTILBERT
 
 
@@ -20,11 +20,14 @@ def _ma_settings(
     ffn_hidden_act: str = FFN_RELU,
     activation_bounds: bool = False,
     attention_kind: str = ATTENTION_APPROXIMATOR,
+    powernorm_backward: str = BACKWARD_EXACT,
 ) -> dict:
     """The MA technique settings, defaults as in the MA-BERT release, checked once for both configs.
     `activation_bounds` (not in the release) clamps every PowerNorm output and the logits at inference to ranges
     calibrated on training data (`mabert.bounds`), so no input can make the model overflow. `attention_kind`
-    "relu" (not in the release) uses ReLU(scores)/L instead of the approximator (`mabert.softmax_approx`)."""
+    "relu" (not in the release) uses ReLU(scores)/L instead of the approximator (`mabert.softmax_approx`).
+    `powernorm_backward` (training only) is "exact" (autograd through the batch statistic; not the release's) or
+    "approximate" (the release's PowerNorm backward with its running correction; see `mabert.powernorm`)."""
     norm_type = str(norm_type).lower()
     if norm_type not in NORM_TYPES:
         raise ValueError(f"norm_type must be one of {NORM_TYPES}, got {norm_type!r}")
@@ -32,6 +35,8 @@ def _ma_settings(
         raise ValueError(f"softmax_mask_mode must be one of {MASK_MODES}, got {softmax_mask_mode!r}")
     if attention_kind not in ATTENTION_KINDS:
         raise ValueError(f"attention_kind must be one of {ATTENTION_KINDS}, got {attention_kind!r}")
+    if powernorm_backward not in POWERNORM_BACKWARDS:
+        raise ValueError(f"powernorm_backward must be one of {POWERNORM_BACKWARDS}, got {powernorm_backward!r}")
     if attention_kind == ATTENTION_RELU and share_softmax_nn:
         raise ValueError("share_softmax_nn does not apply to attention_kind='relu' (it has no parameters to share)")
     return dict(
@@ -46,6 +51,7 @@ def _ma_settings(
         ffn_hidden_act=ffn_hidden_act,
         activation_bounds=bool(activation_bounds),
         attention_kind=attention_kind,
+        powernorm_backward=powernorm_backward,
     )
 
 
