@@ -50,6 +50,11 @@ def test_training_stages_write_cards_and_evaluate_adds_metrics(tmp_path, tiny_vo
     card = card_of(tmp_path / "s")
     assert card.data.to_dict()["mabert"]["stage"] == "convert" and "`mabert convert`" in card.text
     assert "import mabert" in card.text and "| `softmax_mask_mode` | masked |" in card.text
+    assert "| `powernorm_backward` | exact |" in card.text
+    assert main(["convert", str(tmp_path / "t" / "model"), str(tmp_path / "s2"), "--softmax-input-size", "16",
+                 "--powernorm-backward", "approximate"]) == 0
+    assert "| `powernorm_backward` | approximate |" in card_of(tmp_path / "s2").text
+    assert json.loads((tmp_path / "s2" / "config.json").read_text())["powernorm_backward"] == "approximate"
 
     write_imdb(tmp_path, {"test": [("pos", "the movie was great"), ("neg", "bad plot")]})
     args = ["evaluate", str(tmp_path / "s"), "--task", "imdb", "--data-dir", str(tmp_path), "--update-card"]

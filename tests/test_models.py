@@ -136,12 +136,14 @@ def test_training_statistics_are_padding_independent(make):
         torch.testing.assert_close(q, p, atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("family", ["bert", "distilbert"])
 @pytest.mark.parametrize("overrides, counts_padding", [
     (dict(softmax_mask_mode="multiply"), True),
     (dict(softmax_mask_mode="masked"), False),
     (dict(softmax_mask_mode="multiply", attention_kind="relu"), False),
-], ids=["multiply", "masked", "relu"])
-def test_training_statistics_count_padding_only_where_attention_reads_it(overrides, counts_padding):
+    (dict(softmax_mask_mode="multiply", use_softmax_approx=False), False),
+], ids=["multiply", "masked", "relu", "exact-softmax"])
+def test_training_statistics_count_padding_only_where_attention_reads_it(overrides, counts_padding, family):
     """With the released multiply masking, real tokens read padding rows, so PowerNorm's batch E[x²] counts every
     row as the reference does; where padded keys get weight 0 it counts the real tokens only. Checked on every
     norm's training output against NumPy."""
@@ -150,7 +152,8 @@ def test_training_statistics_count_padding_only_where_attention_reads_it(overrid
     from mabert.powernorm import PowerNorm
 
     torch.manual_seed(0)
-    model = make_realistic(mabert.MABertForSequenceClassification(tiny_bert_config(**overrides))).train()
+    model = make_realistic(mabert.MABertForSequenceClassification(tiny_bert_config(**overrides)) if family == "bert"
+                           else mabert.MADistilBertForSequenceClassification(tiny_distilbert_config(**overrides))).train()
     mask = torch.tensor([[1] * 16, [1] * 5 + [0] * 11])
     seen = []
     norms = [m for m in model.modules() if isinstance(m, PowerNorm)]

@@ -19,10 +19,12 @@ def test_inference_form_is_affine():
     torch.testing.assert_close(x * scale + shift, want)
 
 
-def test_training_statistics_step_by_step():
+@pytest.mark.parametrize("backward", ["exact", "approximate"])
+def test_training_statistics_step_by_step(backward):
     """Warm-up uses the batch second moment; φ follows the reference update every accumulation_step forwards."""
     warmup, accumulate, alpha, eps = 4, 2, 0.9, 1e-6
-    norm = PowerNorm(3, eps=eps, alpha_fwd=alpha, warmup_iters=warmup, accumulation_step=accumulate).train()
+    norm = PowerNorm(3, eps=eps, alpha_fwd=alpha, warmup_iters=warmup, accumulation_step=accumulate,
+                     backward=backward).train()
     rng = np.random.default_rng(0)
     phi, acc = np.ones(3), np.zeros(3)
     for step in range(1, 9):
@@ -157,17 +159,68 @@ def test_exact_backward_against_numpy(masked):
     z, g = xs / sigma, dy * weight
     # every row is divided by σ, so every row's g ⊙ z enters the coupling term; only counted rows move σ
     expected = g / sigma - counted[:, None] * z * (g * z).sum(0) / counted.sum() / sigma
-    for warmup, expect in ((100, expected), (0, g / np.sqrt(1.0 + eps))):  # warm-up 0: φ (still 1) divides at once
+    phi = np.array([0.5, 2.0, 3.0])
+    for warmup, expect in ((100, expected), (0, g / np.sqrt(phi + eps))):  # warm-up 0: φ divides from the start
         norm = PowerNorm(3, eps=eps, warmup_iters=warmup).train()
         with torch.no_grad():
             norm.weight.copy_(torch.from_numpy(weight).float())
+            norm.running_phi.copy_(torch.from_numpy(phi).float().view(1, 3, 1, 1))
         xp = x.clone().requires_grad_()
         with real_tokens(mask if masked else None):
             norm(xp).backward(grad_out)
         np.testing.assert_allclose(xp.grad.numpy().reshape(-1, 3), expect, rtol=1e-4, atol=1e-5)
+        # the φ schedule accumulates the counted rows' E[x²] (1/accumulation_step of it per forward)
+        np.testing.assert_allclose(norm.accumulated_var.view(-1).numpy(), (sigma ** 2 - eps) / norm.accumulation_step,
+                                   rtol=1e-4)
         assert not norm.ema_gz.any()
 
 
 def test_unknown_backward_is_rejected():
     with pytest.raises(ValueError, match="backward must be one of"):
         PowerNorm(4, backward="fast")
+
+
+DDP_GRADIENT_SCRIPT = r'''
+import sys
+import numpy as np, torch, torch.distributed as dist, torch.multiprocessing as mp
+from mabert.powernorm import PowerNorm, real_tokens
+
+def run(rank, port, out):
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    data = np.load(f"{out}/batch.npz")
+    rows = slice(2 * rank, 2 * rank + 2)
+    x = torch.from_numpy(data["x"][rows]).requires_grad_()
+    with real_tokens(torch.from_numpy(data["mask"][rows])):
+        PowerNorm(3, warmup_iters=100).train()(x).backward(torch.from_numpy(data["grad_out"][rows]))
+    np.save(f"{out}/grad{rank}.npy", x.grad.numpy())
+    dist.destroy_process_group()
+
+if __name__ == "__main__":
+    mp.spawn(run, args=(int(sys.argv[1]), sys.argv[2]), nprocs=2)
+'''
+
+
+@pytest.mark.slow
+def test_exact_backward_across_processes_equals_one_process(tmp_path):
+    """Under DDP the statistic spans every rank's real tokens, and so does its gradient: two processes holding
+    half a batch each get the gradient one process computes for the whole batch (the loss summed over ranks)."""
+    import os
+    import subprocess
+    import sys
+
+    from mabert.powernorm import real_tokens
+
+    rng = np.random.default_rng(0)
+    x, grad_out = rng.normal(size=(4, 5, 3)).astype(np.float32) * 2, rng.normal(size=(4, 5, 3)).astype(np.float32)
+    mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 1, 1, 1, 0]])
+    np.savez(tmp_path / "batch.npz", x=x, grad_out=grad_out, mask=mask)
+    (tmp_path / "ddp.py").write_text(DDP_GRADIENT_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, str(tmp_path / "ddp.py"), "29533", str(tmp_path)], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    whole = torch.from_numpy(x).requires_grad_()
+    with real_tokens(torch.from_numpy(mask)):
+        PowerNorm(3, warmup_iters=100).train()(whole).backward(torch.from_numpy(grad_out))
+    ranks = np.concatenate([np.load(tmp_path / f"grad{rank}.npy") for rank in range(2)])
+    np.testing.assert_allclose(ranks, whole.grad.numpy(), rtol=1e-4, atol=1e-6)

@@ -9,7 +9,8 @@ from conftest import make_realistic, tiny_bert_config, tiny_distilbert_config
 from transformers import BertConfig, BertForSequenceClassification, DistilBertConfig, DistilBertForSequenceClassification
 
 from mabert import MABertForMaskedLM, MABertForSequenceClassification, MADistilBertForSequenceClassification
-from mabert.choices import HEAD_BASE, HEAD_MLM, HEAD_SEQCLS, MASK_MODES, NORM_TYPES, POOLER_ACTIVATIONS
+from mabert.choices import (HEAD_BASE, HEAD_MLM, HEAD_SEQCLS, MASK_MODES, NORM_TYPES, POOLER_ACTIVATIONS,
+                            POWERNORM_BACKWARDS)
 from mabert.errors import MABertError
 from mabert.registry import (
     BERT,
@@ -156,6 +157,7 @@ def test_command_line_offers_the_choices_module():
     options = {a.dest: a.choices for a in convert._actions}
     assert tuple(options["mask_mode"]) == MASK_MODES and tuple(options["norm"]) == NORM_TYPES
     assert tuple(options["pooler_act"]) == POOLER_ACTIVATIONS
+    assert tuple(options["powernorm_backward"]) == POWERNORM_BACKWARDS
 
 
 # A family told apart by its class name, or by whether it has an attribute one family's modules have.

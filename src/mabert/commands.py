@@ -5,7 +5,7 @@ from pathlib import Path
 
 from .argtypes import above, at_least, between, int_list
 from .choices import (ATTENTION_KINDS, FFN_ACTIVATIONS, FFN_RELU, HEAD_MLM, HEADS, MASK_MODES, NORM_POWER, NORM_TYPES,
-                      POOLER_ACTIVATIONS)
+                      POOLER_ACTIVATIONS, POWERNORM_BACKWARDS)
 from .errors import MABertError
 from .recipe import DEFAULTS
 
@@ -16,7 +16,7 @@ def _convert(args):
     overrides = {"softmax_mask_mode": args.mask_mode, "norm_type": args.norm, "share_softmax_nn": args.share_softmax,
                  "softmax_input_size": args.softmax_input_size, "softmax_hidden_layer_size": args.softmax_hidden_size,
                  "ffn_hidden_act": args.ffn_act, "activation_bounds": not args.no_bounds,
-                 "attention_kind": args.attention}
+                 "attention_kind": args.attention, "powernorm_backward": args.powernorm_backward}
     if args.head != HEAD_MLM:  # masked-LM models have no pooler
         overrides["pooler_act"] = args.pooler_act
     path = convert_to_dir(args.teacher, args.out_dir, head=args.head, num_labels=args.num_labels, **overrides)
@@ -413,6 +413,9 @@ def add_verbs(verbs) -> None:
     p.add_argument("--attention", choices=ATTENTION_KINDS, default=DEFAULTS.attention_kind,
                    help="approximator: the paper's softmax network (default); relu: ReLU(scores)/L, no parameters, "
                         "cheaper at short lengths (blended in from softmax during KD)")
+    p.add_argument("--powernorm-backward", choices=POWERNORM_BACKWARDS, default=DEFAULTS.powernorm_backward,
+                   help="PowerNorm's training gradient: exact (through the batch statistic; default) or approximate "
+                        "(the reference's running correction)")
     p.set_defaults(func=_convert)
 
     p = verbs.add_parser("import-original", help="import a released MA-BERT/MA-DistilBERT .pt state dict")

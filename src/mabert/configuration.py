@@ -22,7 +22,8 @@ def _ma_settings(
     attention_kind: str = ATTENTION_APPROXIMATOR,
     powernorm_backward: str = BACKWARD_EXACT,
 ) -> dict:
-    """The MA technique settings, defaults as in the MA-BERT release, checked once for both configs.
+    """The MA technique settings, defaults as in the MA-BERT release except `powernorm_backward`, checked once for
+    both configs.
     `activation_bounds` (not in the release) clamps every PowerNorm output and the logits at inference to ranges
     calibrated on training data (`mabert.bounds`), so no input can make the model overflow. `attention_kind`
     "relu" (not in the release) uses ReLU(scores)/L instead of the approximator (`mabert.softmax_approx`).

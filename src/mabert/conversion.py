@@ -80,7 +80,8 @@ def convert(model_or_path, head: str | None = None, num_labels: int | None = Non
         raise MABertError(f"head must be one of {HEADS}, got {head!r}")
     # new students are bounded (`mabert.bounds`); the bounds are calibrated at the end of training
     overrides = {"activation_bounds": DEFAULTS.activation_bounds, "softmax_mask_mode": DEFAULTS.mask_mode,
-                 "attention_kind": DEFAULTS.attention_kind, **config_overrides}
+                 "attention_kind": DEFAULTS.attention_kind, "powernorm_backward": DEFAULTS.powernorm_backward,
+                 **config_overrides}
     if family_of(teacher).pooler_act_fixed is None and head != HEAD_MLM:  # a pooler whose activation is chosen
         overrides.setdefault("pooler_act", DEFAULTS.pooler_act)
     if num_labels is not None:

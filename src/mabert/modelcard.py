@@ -16,7 +16,7 @@ from .io import atomic_file
 from .registry import find_family, is_ma
 
 _MA_KEYS = ("softmax_input_size", "softmax_hidden_layer_size", "share_softmax_nn", "softmax_mask_mode", "norm_type",
-            "ffn_hidden_act", "pooler_act")
+            "ffn_hidden_act", "pooler_act", "powernorm_backward")
 _HUB_DATASETS = {"imdb": ("stanfordnlp/imdb", None), **{t: ("nyu-mll/glue", t.split("-")[0]) for t in (
     "cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "mnli-mm", "qnli", "rte", "wnli")}}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")

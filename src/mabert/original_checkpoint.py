@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from .choices import HEAD_BASE, HEAD_MLM, HEAD_SEQCLS, NORM_LAYER, NORM_POWER
+from .choices import BACKWARD_APPROXIMATE, HEAD_BASE, HEAD_MLM, HEAD_SEQCLS, NORM_LAYER, NORM_POWER
 from .errors import MABertError
 from .io import load_tokenizer, save_model_dir
 from .registry import FAMILIES, Family, ma_model_class
@@ -143,6 +143,7 @@ def _infer_config(family: Family, state, head: str, overrides: dict):
         settings["num_labels"] = _shape(state, family.classifier + ".weight")[0]
     if head == HEAD_MLM:
         settings["tie_word_embeddings"] = torch.equal(state[family.mlm_decoder + ".weight"], state[word])
+    settings["powernorm_backward"] = BACKWARD_APPROXIMATE  # further training as the release was trained
     overrides = dict(overrides)
     for alias in {f.config.heads for f in FAMILIES}:  # accept either spelling of the head count
         if alias in overrides and alias != names.heads:

@@ -21,7 +21,7 @@ At inference it is the fixed per-channel affine map γ·x/√(φ+ε)+β (see `in
 which `mabert.fuse` folds into neighbouring linear layers, followed, in a bounded model, by a per-channel clamp
 calibrated on training data (`mabert.bounds`).
 Buffers keep the reference names and shapes: running_phi, ema_gz, accumulated_var (1, C, 1, 1),
-iters (1,) int64.
+iters (1,) int64 (ema_gz stays 0 with the exact backward).
 """
 from __future__ import annotations
 
@@ -65,13 +65,28 @@ def _statistic_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]
     return rows[keep], keep
 
 
-def _global_mean(rows: torch.Tensor) -> torch.Tensor:
-    """Per-channel mean over all rows of every process, so DDP ranks keep identical statistics. Differentiable
-    (the exact backward goes through it): the all-reduce is autograd's, whose backward all-reduces the gradient."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        from torch.distributed.nn.functional import all_reduce
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over processes whose gradient is the sum of the processes' gradients (each process's rows moved every
+    process's statistic), as a differentiable statistic under DDP needs."""
 
-        packed = all_reduce(torch.cat([rows.sum(dim=0), rows.new_tensor([rows.shape[0]])]))
+    @staticmethod
+    def forward(ctx, tensor):
+        total = tensor.clone()
+        torch.distributed.all_reduce(total)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad):
+        total = grad.clone()
+        torch.distributed.all_reduce(total)
+        return total
+
+
+def _global_mean(rows: torch.Tensor) -> torch.Tensor:
+    """Per-channel mean over all rows of every process, so DDP ranks keep identical statistics; differentiable
+    (the exact backward goes through it)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        packed = _AllReduceSum.apply(torch.cat([rows.sum(dim=0), rows.new_tensor([rows.shape[0]])]))
         return packed[:-1] / packed[-1]
     return rows.mean(dim=0)
 
@@ -197,9 +212,11 @@ class PowerNorm(nn.Module):
         with torch.no_grad():
             self.iters += 1
             step = int(self.iters.item())
-        rows, _ = _statistic_rows(x)
-        batch_var = _global_mean(rows ** 2)
-        divisor_var = batch_var if step <= self.warmup_iters else self.running_phi.reshape(-1).clone()
+        in_warmup = step <= self.warmup_iters
+        with torch.set_grad_enabled(in_warmup and torch.is_grad_enabled()):  # after warm-up φ divides: no graph
+            rows, _ = _statistic_rows(x)
+            batch_var = _global_mean(rows ** 2)
+        divisor_var = batch_var if in_warmup else self.running_phi.reshape(-1).clone()
         with torch.no_grad():
             self._update_running_phi(batch_var.detach(), step)
         return self.weight * (x / (divisor_var + self.eps).sqrt()) + self.bias

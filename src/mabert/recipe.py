@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .choices import HEAD_BASE, MASK_MASKED, POOLER_IDENTITY
+from .choices import BACKWARD_EXACT, HEAD_BASE, MASK_MASKED, POOLER_IDENTITY
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,7 @@ class Recipe:
     pooler_act: str = POOLER_IDENTITY  # no tanh; unlike ReLU initialised from tanh weights it cannot go dead
     activation_bounds: bool = True     # clamps calibrated after training: finite on any input (mabert.bounds)
     attention_kind: str = "approximator"  # or "relu": ReLU(scores)/L (mabert.softmax_approx.ReLUAttention)
+    powernorm_backward: str = BACKWARD_EXACT  # or "approximate", the reference's (mabert.powernorm)
     handover: float = 0.4              # share of the first KD run moving from LayerNorm/GELU to PowerNorm/ReLU
     batch_size: int = 32
     teacher_lr: float = 5e-5
@@ -83,7 +84,7 @@ def general_model(teacher_source, tokenizer, passages, out_dir, recipe: Recipe, 
     teacher = AutoModel.from_pretrained(teacher_source).eval()
     student = convert(teacher, head=HEAD_BASE, softmax_mask_mode=recipe.mask_mode, pooler_act=recipe.pooler_act,
                       activation_bounds=recipe.activation_bounds, attention_kind=recipe.attention_kind,
-                      seed=recipe.seed)
+                      powernorm_backward=recipe.powernorm_backward, seed=recipe.seed)
     fit = fit_to_teacher(student, teacher, tokenizer, passages, steps=recipe.fit_steps, seed=recipe.seed)
     summary = kd_pretrain(teacher, student, tokenizer, passages, Path(out_dir),
                           recipe.settings(recipe.general_lr, max_steps=recipe.general_steps))
@@ -104,7 +105,7 @@ def task_student(teacher, tokenizer, train, recipe: Recipe, general_dir=None):
         return student_from_general(general_dir, teacher, seed=recipe.seed), {"from": "general"}
     student = convert(teacher, softmax_mask_mode=recipe.mask_mode, pooler_act=recipe.pooler_act,
                       activation_bounds=recipe.activation_bounds, attention_kind=recipe.attention_kind,
-                      seed=recipe.seed)
+                      powernorm_backward=recipe.powernorm_backward, seed=recipe.seed)
     record = fit_to_teacher(student, teacher, tokenizer, train, steps=recipe.fit_steps, seed=recipe.seed)
     return student, {"from": "teacher", **record}
 
