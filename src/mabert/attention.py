@@ -8,6 +8,7 @@ from torch import nn
 
 from .choices import ATTENTION_RELU, MASK_MULTIPLY
 from .errors import MABertError
+from .powernorm import real_tokens
 from .softmax_approx import ReLUAttention, SoftmaxApproximator
 
 
@@ -26,6 +27,12 @@ def attention_reads_padding(config) -> bool:
     return (bool(getattr(config, "use_softmax_approx", False))
             and getattr(config, "attention_kind", "approximator") != ATTENTION_RELU
             and getattr(config, "softmax_mask_mode", "") == MASK_MULTIPLY)
+
+
+def norm_statistics_scope(config, attention_mask: torch.Tensor | None):
+    """Context in which PowerNorm's training statistics skip padding rows, unless attention reads them (multiply
+    masking): then they are part of the computation and count, as in the reference."""
+    return real_tokens(None if attention_reads_padding(config) else attention_mask)
 
 
 def build_approximator(config) -> SoftmaxApproximator | ReLUAttention:

@@ -20,13 +20,15 @@ from transformers.models.bert.modeling_bert import (
     BertSelfOutput,
 )
 
-from .attention import ApproximatorSlot, attention_reads_padding, build_approximator, check_heads, multi_head_attention, run_layers
+from .attention import (
+    ApproximatorSlot, build_approximator, check_heads, multi_head_attention, norm_statistics_scope, run_layers,
+)
 from .bounds import ActivationBound
 from .configuration import MABertConfig
 from .errors import MABertError
 from .feedforward import feedforward_activation
 from .task_heads import key_mask_from, pooler_activation, sequence_classification_loss
-from .powernorm import make_norm, real_tokens
+from .powernorm import make_norm
 from .weight_init import init_ma_weights
 from .registry import BERT
 
@@ -143,9 +145,7 @@ class MABertModel(MABertPreTrainedModel):
         **unused,
     ):
         check_length(input_ids if input_ids is not None else inputs_embeds, self.config)
-        # PowerNorm statistics skip padding rows, unless attention reads them (multiply masking): then they are
-        # part of the computation and count, as in the reference
-        with real_tokens(None if attention_reads_padding(self.config) else attention_mask):
+        with norm_statistics_scope(self.config, attention_mask):
             embeddings = self.embeddings(input_ids=input_ids, token_type_ids=token_type_ids,
                                          position_ids=position_ids, inputs_embeds=inputs_embeds)
             key_mask = key_mask_from(attention_mask, embeddings.dtype)

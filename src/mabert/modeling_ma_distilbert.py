@@ -8,13 +8,15 @@ from transformers.activations import get_activation
 from transformers.modeling_outputs import BaseModelOutput, MaskedLMOutput, SequenceClassifierOutput
 from transformers.models.distilbert.modeling_distilbert import FFN, Embeddings
 
-from .attention import ApproximatorSlot, attention_reads_padding, build_approximator, check_heads, multi_head_attention, run_layers
+from .attention import (
+    ApproximatorSlot, build_approximator, check_heads, multi_head_attention, norm_statistics_scope, run_layers,
+)
 from .bounds import ActivationBound
 from .configuration import MADistilBertConfig
 from .feedforward import feedforward_activation
 from .task_heads import key_mask_from, sequence_classification_loss
 from .modeling_ma_bert import _flag, check_length
-from .powernorm import make_norm, real_tokens
+from .powernorm import make_norm
 from .weight_init import init_ma_weights
 from .registry import DISTILBERT
 
@@ -95,9 +97,7 @@ class MADistilBertModel(MADistilBertPreTrainedModel):
     def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None,
                 output_attentions=None, output_hidden_states=None, **unused):
         check_length(input_ids if input_ids is not None else inputs_embeds, self.config)
-        # PowerNorm statistics skip padding rows, unless attention reads them (multiply masking): then they are
-        # part of the computation and count, as in the reference
-        with real_tokens(None if attention_reads_padding(self.config) else attention_mask):
+        with norm_statistics_scope(self.config, attention_mask):
             embeddings = self.embeddings(input_ids, inputs_embeds)
             key_mask = key_mask_from(attention_mask, embeddings.dtype)
             last, hidden_states, attentions = self.transformer(embeddings, key_mask)

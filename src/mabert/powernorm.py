@@ -192,16 +192,13 @@ class PowerNorm(nn.Module):
             return self.bound(out) if self.bound is not None else out
         if self.backward == BACKWARD_EXACT:
             return self._train_exact(x)
-        channels = self.num_features
         with torch.no_grad():
-            self.iters += 1
-            step = int(self.iters.item())
+            step = self._next_step()
             rows, keep = _statistic_rows(x.detach())
             batch_var = _global_mean(rows ** 2)
-            in_warmup = step <= self.warmup_iters
-            divisor_var = batch_var if in_warmup else self.running_phi.reshape(-1).clone()
+            divisor_var = self._divisor(batch_var, step)
             self._update_running_phi(batch_var, step)
-        ema_gz = self.ema_gz.view(channels)
+        ema_gz = self.ema_gz.view(self.num_features)
         return _PowerNormFunction.apply(
             x, self.weight, self.bias, divisor_var, batch_var, ema_gz, self.eps, self.alpha_bkw, keep
         )
@@ -209,17 +206,24 @@ class PowerNorm(nn.Module):
     def _train_exact(self, x: torch.Tensor) -> torch.Tensor:
         """Training forward whose gradient autograd takes through the batch statistic (warm-up) or through nothing
         (after warm-up φ is a constant)."""
-        with torch.no_grad():
-            self.iters += 1
-            step = int(self.iters.item())
+        step = self._next_step()
         in_warmup = step <= self.warmup_iters
         with torch.set_grad_enabled(in_warmup and torch.is_grad_enabled()):  # after warm-up φ divides: no graph
             rows, _ = _statistic_rows(x)
             batch_var = _global_mean(rows ** 2)
-        divisor_var = batch_var if in_warmup else self.running_phi.reshape(-1).clone()
+        divisor_var = self._divisor(batch_var, step)
         with torch.no_grad():
             self._update_running_phi(batch_var.detach(), step)
         return self.weight * (x / (divisor_var + self.eps).sqrt()) + self.bias
+
+    def _next_step(self) -> int:
+        with torch.no_grad():
+            self.iters += 1
+        return int(self.iters.item())
+
+    def _divisor(self, batch_var: torch.Tensor, step: int) -> torch.Tensor:
+        """The second moment a training step divides by: the batch's during warm-up, the running φ after."""
+        return batch_var if step <= self.warmup_iters else self.running_phi.reshape(-1).clone()
 
     def _update_running_phi(self, batch_var: torch.Tensor, step: int) -> None:
         self.accumulated_var += batch_var.view_as(self.accumulated_var) / self.accumulation_step
