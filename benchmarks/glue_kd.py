@@ -75,7 +75,7 @@ def _open_bounds(model):
     return model
 
 
-def run_task(task_name, data_dir, out, teacher_path, seed, recipe, ablations):
+def run_task(task_name, data_dir, out, teacher_path, seed, recipe, ablations, student_epochs_scale=1.0):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from mabert.corpora import joined_examples
@@ -86,6 +86,7 @@ def run_task(task_name, data_dir, out, teacher_path, seed, recipe, ablations):
     from mabert.recipe import distill_task, finetune_teacher, task_student
 
     limit, teacher_epochs, student_epochs, _ = SETTINGS[task_name]
+    student_epochs *= student_epochs_scale
     recipe = replace(recipe, seed=seed)
     task, train = load_task(task_name, "train", data_dir)
     _, dev = load_task(task_name, "dev", data_dir)
@@ -139,7 +140,8 @@ def run_task(task_name, data_dir, out, teacher_path, seed, recipe, ablations):
 
 def table(results) -> str:
     """Median over seeds of the headline metric, teacher vs each student variant, dev and dev 4-joined."""
-    lines = [f"Recipe: {results.get('recipe', 'paper')}", "",
+    scale = results.get("student_epochs_scale", 1.0)
+    lines = [f"Recipe: {results.get('recipe', 'paper')}" + (f", student epochs ×{scale:g}" if scale != 1.0 else ""), "",
              "| task | metric | set | seeds | teacher | MA student | Δ points | ablations (Δ points) |",
              "|---|---|---|---|---|---|---|---|"]
     by_task = {}
@@ -178,6 +180,8 @@ def main():
     parser.add_argument("--recipe", choices=("paper", "demo"), default="paper",
                         help="paper: general model + augmentation; demo: the demo's defaults (mabert.recipe.Recipe())")
     parser.add_argument("--general-steps", type=int, help="general KD steps (paper recipe only; default 2000)")
+    parser.add_argument("--student-epochs-scale", type=float, default=1.0,
+                        help="multiply every task's student KD epochs (longer schedules for the pure MA model)")
     parser.add_argument("--ablations", action="store_true")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -200,11 +204,15 @@ def main():
         raise SystemExit(f"{out} holds results of the {held} recipe: give another --out")
     marker.write_text(args.recipe + "\n")
     results["recipe"] = args.recipe
+    held_scale = results.setdefault("student_epochs_scale", args.student_epochs_scale)
+    if held_scale != args.student_epochs_scale:
+        raise SystemExit(f"{out} holds students trained with --student-epochs-scale {held_scale}: give another --out")
     if recipe.general_steps:
         results["general"] = build_general(out, teacher_path, Path(args.text_dir), recipe)
     for task in args.tasks:
         for seed in range(args.seeds or SETTINGS[task][3]):
-            row = run_task(task, args.data_dir, out, teacher_path, seed, recipe, args.ablations)
+            row = run_task(task, args.data_dir, out, teacher_path, seed, recipe, args.ablations,
+                           args.student_epochs_scale)
             results["rows"] = [r for r in results["rows"] if (r["task"], r["seed"]) != (task, seed)] + [row]
             results_file.write_text(json.dumps(results, indent=2))
             (out / "table.md").write_text(table(results))
