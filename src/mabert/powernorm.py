@@ -196,7 +196,7 @@ class PowerNorm(nn.Module):
             step = self._next_step()
             rows, keep = _statistic_rows(x.detach())
             batch_var = _global_mean(rows ** 2)
-            divisor_var = self._divisor(batch_var, step)
+            divisor_var = self._divisor(batch_var, self._in_warmup(step))
             self._update_running_phi(batch_var, step)
         ema_gz = self.ema_gz.view(self.num_features)
         return _PowerNormFunction.apply(
@@ -207,11 +207,11 @@ class PowerNorm(nn.Module):
         """Training forward whose gradient autograd takes through the batch statistic (warm-up) or through nothing
         (after warm-up φ is a constant)."""
         step = self._next_step()
-        in_warmup = step <= self.warmup_iters
+        in_warmup = self._in_warmup(step)
         with torch.set_grad_enabled(in_warmup and torch.is_grad_enabled()):  # after warm-up φ divides: no graph
             rows, _ = _statistic_rows(x)
             batch_var = _global_mean(rows ** 2)
-        divisor_var = self._divisor(batch_var, step)
+        divisor_var = self._divisor(batch_var, in_warmup)
         with torch.no_grad():
             self._update_running_phi(batch_var.detach(), step)
         return self.weight * (x / (divisor_var + self.eps).sqrt()) + self.bias
@@ -221,9 +221,12 @@ class PowerNorm(nn.Module):
             self.iters += 1
         return int(self.iters.item())
 
-    def _divisor(self, batch_var: torch.Tensor, step: int) -> torch.Tensor:
+    def _in_warmup(self, step: int) -> bool:
+        return step <= self.warmup_iters
+
+    def _divisor(self, batch_var: torch.Tensor, in_warmup: bool) -> torch.Tensor:
         """The second moment a training step divides by: the batch's during warm-up, the running φ after."""
-        return batch_var if step <= self.warmup_iters else self.running_phi.reshape(-1).clone()
+        return batch_var if in_warmup else self.running_phi.reshape(-1).clone()
 
     def _update_running_phi(self, batch_var: torch.Tensor, step: int) -> None:
         self.accumulated_var += batch_var.view_as(self.accumulated_var) / self.accumulation_step
