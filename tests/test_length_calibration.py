@@ -151,3 +151,22 @@ def test_rows_are_thinned_as_they_come(tiny_vocab):
     assert 0.15 < len(thinned[0][0]) / len(every[0][0]) < 0.35
     rows = {tuple(r.tolist()) for r in every[0][0]}
     assert all(tuple(r.tolist()) in rows for r in thinned[0][0])  # a subset of the same rows
+
+
+def test_augmented_kd_still_gets_its_long_rows_calibrated(tiny_vocab, tmp_path):
+    """Joined examples take KD's inputs to L; the length to calibrate beyond is still the task's own (with KD's,
+    nothing would be refitted, and approximators tuned by KD on long rows did worse than ones fitted to softmax)."""
+    from dataclasses import replace
+
+    from mabert.corpora import task_augmentation
+    from mabert.recipe import DEFAULTS, distill_task
+
+    tokenizer = BertTokenizerFast(vocab_file=str(tiny_vocab))
+    train = sentiment_data(2)
+    recipe = replace(DEFAULTS, joined_fraction=1.0, length_steps=30, length_passages=0, batch_size=8, handover=0.0)
+    kd_train, _ = task_augmentation(train, recipe.joined_fraction, 0, recipe.seed)
+    assert seen_length(tokenizer, [kd_train], 16) == 16 > seen_length(tokenizer, [train], 16)  # KD reaches L
+    summary = distill_task(tiny_teacher(), _student(), tokenizer, train, tmp_path, recipe, epochs=1)
+    record = summary["length_calibration"]
+    assert record["seen_length"] == seen_length(tokenizer, [train], 16)
+    assert record["steps"] == 30 and all(n > 0 for n in record["long_rows"])

@@ -217,7 +217,7 @@ def _distill(args):
     train, extra = task_augmentation(train, args.joined_fraction, args.unlabelled, args.seed, own_texts)
     summary = distill(teacher, student, tokenizer, train, args.out, _train_settings(args), extra_inputs=extra,
                       card={"teacher": args.teacher, "base_model": args.student, **_data_facts(args, train)},
-                      after_training=calibrate and calibrate(train, extra))
+                      after_training=calibrate)
     print(f"distilled {summary['steps']} steps in {summary['wall_time_s']} s → {args.out}/model")
 
 

@@ -1,5 +1,5 @@
-"""Length calibration: after task KD, each softmax approximator learns softmax on score rows longer than KD
-showed it, and keeps what KD taught it on the rest.
+"""Length calibration: after task KD, each softmax approximator learns softmax on score rows longer than the
+task's own inputs, and keeps what KD taught it on the rest.
 
 Task KD only ever feeds an approximator rows as long as the training inputs (≤ ~60 tokens for single
 sentences), so on a longer input its rows fall where it was never fitted. Measured on the demo's student (Rotten
@@ -8,7 +8,7 @@ once its approximators are swapped for the exact softmax — the rest of the stu
 
 This step collects the student's own score rows on text of every length up to L (training texts, training
 texts joined four by four, bundled English passages), then refits each approximator: a row no longer than
-`seen` (the length that KD's inputs reached, 99th percentile) keeps the approximator's current output as its
+`seen` (the length the task's own inputs reach, 99th percentile) keeps the approximator's current output as its
 target, weighted `short_weight`× so that what KD tuned is kept; a longer row gets the softmax of the row. Only the
 approximators change; φ and the activation bounds stay as calibrated on training inputs (short ones, on which the
 approximators' outputs are kept).
@@ -26,8 +26,8 @@ from .softmax_approx import SoftmaxApproximator
 
 
 def seen_length(tokenizer, datasets, max_length: int, quantile: float = 0.99) -> int:
-    """The token length that `quantile` of the inputs (text_a[/text_b]) of `datasets` — what KD trained on — do
-    not exceed."""
+    """The token length that `quantile` of the inputs (text_a[/text_b]) of `datasets` — the task's own — do not
+    exceed."""
     lengths = [len(ids) for dataset in datasets if dataset is not None and len(dataset)
                for ids in tokenize(dataset, tokenizer, max_length)["input_ids"]]
     return int(np.quantile(lengths, quantile))
