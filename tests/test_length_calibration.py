@@ -1,4 +1,4 @@
-"""Length calibration: approximators learn softmax on rows longer than KD's inputs and keep the rest."""
+"""Length calibration: approximators learn softmax on rows longer than the task's inputs and keep the rest."""
 import json
 
 import numpy as np
