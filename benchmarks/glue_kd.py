@@ -13,8 +13,9 @@ Paper recipe — once: a general MA model (mabert.recipe.general_model: KD pre-t
 (and, for single-text tasks, on dev examples joined 4 by 4: ~100-token inputs). Ablations (--ablations):
 no general KD (the task teacher converted, as before), no augmentation, no length calibration, and no bounds (the
 full student with its activation bounds opened). Writes results.json and table.md; reruns reuse finished teachers,
-students and the general model (a cached student trained for other epochs than this run's is refused).
-`--student-epochs-scale 2` doubles every task's student KD epochs (one scale per output folder).
+students and the general model, and refuse before any work one trained to another schedule than this run's.
+`--student-epochs-scale 2` doubles every task's student KD epochs; rows record their students' epochs and the table
+gives each schedule its own line (a folder may hold several schedules, never two for one task and seed).
 """
 from __future__ import annotations
 
@@ -54,7 +55,11 @@ def build_general(out: Path, teacher_path, text_dir: Path | None, recipe):
 
     record_file = out / "general" / "record.json"
     if record_file.exists():
-        return json.loads(record_file.read_text())
+        record = json.loads(record_file.read_text())
+        if record.get("steps") != recipe.general_steps:
+            raise SystemExit(f"{out / 'general'} holds a general model of {record.get('steps')} steps, this run asks "
+                             f"for {recipe.general_steps}: give another --out")
+        return record
     from datasets import concatenate_datasets
 
     parts = [bundled_passages(seed=recipe.seed)]
@@ -77,17 +82,36 @@ def _open_bounds(model):
     return model
 
 
-def _refuse_other_epochs(base: Path, student_epochs: float) -> None:
-    """Cached students are reused: stop before any work if one was trained for other epochs than this run's
-    (e.g. a folder from before SETTINGS changed)."""
+def _epochs_of(summary_file: Path):
+    return json.loads(summary_file.read_text()).get("settings", {}).get("epochs")
+
+
+def _refuse_other_schedules(out: Path, results, task: str, seed: int, teacher_epochs: float,
+                            student_epochs: float) -> None:
+    """Cached teachers and students are reused and rows are replaced by (task, seed): stop before any work if this
+    run's schedule differs from a cached model's or from the row it would replace (e.g. a folder from before
+    SETTINGS changed)."""
+    base = out / task / f"seed{seed}"
     for summary_file in sorted(base.glob("*/summary.json")):
-        if summary_file.parent.name == "teacher":
-            continue
-        trained = json.loads(summary_file.read_text()).get("settings", {}).get("epochs")
-        if trained != student_epochs:
+        is_teacher = summary_file.parent.name == "teacher"
+        trained, wanted = _epochs_of(summary_file), teacher_epochs if is_teacher else student_epochs
+        if trained != wanted:
             trained = "an unrecorded number of" if trained is None else f"{trained:g}"
-            raise SystemExit(f"{summary_file.parent} holds a student trained for {trained} epochs, this run trains "
-                             f"{student_epochs:g}: give another --out")
+            raise SystemExit(f"{summary_file.parent} holds a {'teacher' if is_teacher else 'student'} trained for "
+                             f"{trained} epochs, this run trains {wanted:g}: give another --out")
+    for row in results["rows"]:
+        if (row["task"], row["seed"]) == (task, seed) and row.get("student_epochs") not in (None, student_epochs):
+            raise SystemExit(f"{out / 'results.json'} holds {task} seed {seed} with {row['student_epochs']:g} student "
+                             f"epochs, this run trains {student_epochs:g}: give another --out")
+
+
+def _fill_student_epochs(out: Path, results) -> None:
+    """Rows from before student epochs were recorded get them from their student's summary, where it is kept."""
+    for row in results["rows"]:
+        summary_file = out / row["task"] / f"seed{row['seed']}" / "full" / "summary.json"
+        if row.get("student_epochs") is None and summary_file.exists():
+            row["student_epochs"] = _epochs_of(summary_file)
+    results.pop("student_epochs_scale", None)  # the old per-folder marker; rows carry their epochs now
 
 
 def run_task(task_name, data_dir, out, teacher_path, seed, recipe, ablations, student_epochs_scale=1.0):
@@ -112,7 +136,6 @@ def run_task(task_name, data_dir, out, teacher_path, seed, recipe, ablations, st
     if "text_b" not in dev.column_names:
         sets["dev, 4 joined"] = joined_examples(dev.select_columns(["text_a", "label"]), 4, seed)
     base = out / task_name / f"seed{seed}"
-    _refuse_other_epochs(base, student_epochs)
     teacher_dir = base / "teacher"
     if (teacher_dir / "summary.json").exists():  # a finished teacher from an earlier run: reuse it
         t_summary = json.loads((teacher_dir / "summary.json").read_text())
@@ -156,30 +179,29 @@ def run_task(task_name, data_dir, out, teacher_path, seed, recipe, ablations, st
 
 
 def table(results) -> str:
-    """Median over seeds of the headline metric, teacher vs each student variant, dev and dev 4-joined."""
-    scale = results.get("student_epochs_scale", 1.0)
-    lines = [f"Recipe: {results.get('recipe', 'paper')}" + (f", student epochs ×{scale:g}" if scale != 1.0 else ""), "",
+    """Median over seeds of the headline metric, teacher vs each student variant, dev and dev 4-joined; one line per
+    task and student schedule (seeds trained for other epochs are never pooled)."""
+    lines = [f"Recipe: {results.get('recipe', 'paper')}", "",
              "| task | metric | set | seeds | student epochs | teacher | MA student | Δ points | ablations (Δ points) |",
              "|---|---|---|---|---|---|---|---|---|"]
     by_task = {}
-    for row in results["rows"]:
-        by_task.setdefault(row["task"], []).append(row)
-    for task, rows in by_task.items():
+    for row in results["rows"]:  # rows from before student epochs were recorded: None (shown as –)
+        by_task.setdefault((row["task"], row.get("student_epochs")), []).append(row)
+    for (task, epochs), rows in sorted(by_task.items(), key=lambda item: (item[0][0], item[0][1] or 0.0)):
         key = rows[0]["metric"]
         for name in rows[0]["teacher"]:
             teacher = statistics.median(100 * r["teacher"][name][key] for r in rows)
             deltas = {}
-            for variant in rows[0]["students"]:
-                values = [100 * r["students"][variant][name][key] for r in rows if variant in r["students"]]
-                deltas[variant] = (statistics.median(values), statistics.median(
-                    v - 100 * r["teacher"][name][key] for v, r in zip(values, rows)))
+            for variant in dict.fromkeys(v for r in rows for v in r["students"]):  # seeds may lack an ablation
+                pairs = [(100 * r["students"][variant][name][key], 100 * r["teacher"][name][key])
+                         for r in rows if variant in r["students"]]
+                deltas[variant] = (statistics.median(s for s, _ in pairs), statistics.median(s - t for s, t in pairs))
             full, full_delta = deltas.pop("full")
             spread = ""
             if len(rows) > 1:
                 all_deltas = sorted(100 * (r["students"]["full"][name][key] - r["teacher"][name][key]) for r in rows)
                 spread = f" [{all_deltas[0]:+.2f}, {all_deltas[-1]:+.2f}]"
             others = "; ".join(f"{v} {d:+.2f}" for v, (_, d) in deltas.items())
-            epochs = rows[0].get("student_epochs")  # rows from before it was recorded: unknown
             lines.append(f"| {task} | {key} | {name} | {len(rows)} | {'–' if epochs is None else f'{epochs:g}'} | "
                          f"{teacher:.2f} | {full:.2f} | "
                          f"{full_delta:+.2f}{spread} | {others} |")
@@ -225,19 +247,16 @@ def main():
         raise SystemExit(f"{out} holds results of the {held} recipe: give another --out")
     marker.write_text(args.recipe + "\n")
     results["recipe"] = args.recipe
-    # the scale is marked before any student is trained, so a run stopped mid-task cannot mix scales either;
-    # folders with results from before the option hold ×1 students
-    scale_marker = out / "student_epochs_scale.txt"
-    held_scale = (float(scale_marker.read_text()) if scale_marker.exists()
-                  else 1.0 if results["rows"] else args.student_epochs_scale)
-    if held_scale != args.student_epochs_scale:
-        raise SystemExit(f"{out} holds students trained with --student-epochs-scale {held_scale:g}: give another --out")
-    scale_marker.write_text(f"{args.student_epochs_scale}\n")
-    results["student_epochs_scale"] = args.student_epochs_scale
+    _fill_student_epochs(out, results)
+    seeds = {task: range(args.seeds or SETTINGS[task][3]) for task in args.tasks}
+    for task in args.tasks:  # before any work: nothing of another schedule is reused or replaced
+        for seed in seeds[task]:
+            _refuse_other_schedules(out, results, task, seed, SETTINGS[task][1],
+                                    SETTINGS[task][2] * args.student_epochs_scale)
     if recipe.general_steps:
         results["general"] = build_general(out, teacher_path, Path(args.text_dir), recipe)
     for task in args.tasks:
-        for seed in range(args.seeds or SETTINGS[task][3]):
+        for seed in seeds[task]:
             row = run_task(task, args.data_dir, out, teacher_path, seed, recipe, args.ablations,
                            args.student_epochs_scale)
             results["rows"] = [r for r in results["rows"] if (r["task"], r["seed"]) != (task, seed)] + [row]
