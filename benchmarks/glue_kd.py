@@ -191,17 +191,19 @@ def table(results) -> str:
         key = rows[0]["metric"]
         for name in rows[0]["teacher"]:
             teacher = statistics.median(100 * r["teacher"][name][key] for r in rows)
-            deltas = {}
+            scores = {}  # variant → [(student, student − teacher)] over the seeds that ran it
             for variant in dict.fromkeys(v for r in rows for v in r["students"]):  # seeds may lack an ablation
-                pairs = [(100 * r["students"][variant][name][key], 100 * r["teacher"][name][key])
-                         for r in rows if variant in r["students"]]
-                deltas[variant] = (statistics.median(s for s, _ in pairs), statistics.median(s - t for s, t in pairs))
-            full, full_delta = deltas.pop("full")
+                scores[variant] = [(100 * r["students"][variant][name][key],
+                                    100 * (r["students"][variant][name][key] - r["teacher"][name][key]))
+                                   for r in rows if variant in r["students"]]
+            full_scores = scores.pop("full")
+            full = statistics.median(s for s, _ in full_scores)
+            full_delta = statistics.median(d for _, d in full_scores)
             spread = ""
             if len(rows) > 1:
-                all_deltas = sorted(100 * (r["students"]["full"][name][key] - r["teacher"][name][key]) for r in rows)
-                spread = f" [{all_deltas[0]:+.2f}, {all_deltas[-1]:+.2f}]"
-            others = "; ".join(f"{v} {d:+.2f}" for v, (_, d) in deltas.items())
+                low, high = min(d for _, d in full_scores), max(d for _, d in full_scores)
+                spread = f" [{low:+.2f}, {high:+.2f}]"
+            others = "; ".join(f"{v} {statistics.median(d for _, d in pairs):+.2f}" for v, pairs in scores.items())
             lines.append(f"| {task} | {key} | {name} | {len(rows)} | {'–' if epochs is None else f'{epochs:g}'} | "
                          f"{teacher:.2f} | {full:.2f} | "
                          f"{full_delta:+.2f}{spread} | {others} |")

@@ -52,7 +52,7 @@ def test_long_rows_learn_softmax_and_short_rows_keep_their_output(tiny_vocab, fa
     tokenizer = BertTokenizerFast(vocab_file=str(tiny_vocab))
     original = _student(_tiny_distilbert() if family == "distilbert" else None)
     short, long = sentiment_data(1), _long_texts()
-    seen = seen_length(tokenizer, [short], 16)
+    seen = seen_length(tokenizer, short, 16)
     short_rows, long_rows = _rows(original, tokenizer, short), _rows(original, tokenizer, long)
     with torch.no_grad():
         kept = [p.approximator(r, k) for p, (r, k) in zip(layer_parts(original), short_rows)]
@@ -76,8 +76,8 @@ def test_long_rows_learn_softmax_and_short_rows_keep_their_output(tiny_vocab, fa
 def test_seen_length_is_the_quantile_of_token_lengths(tiny_vocab):
     tokenizer = BertTokenizerFast(vocab_file=str(tiny_vocab))
     data = Dataset.from_dict({"text_a": ["the movie"] * 99 + ["the movie was great and fun and good"]})
-    assert seen_length(tokenizer, [data], 16, quantile=0.5) == 4  # [CLS] the movie [SEP]
-    assert seen_length(tokenizer, [data, None], 16, quantile=1.0) == 10
+    assert seen_length(tokenizer, data, 16, quantile=0.5) == 4  # [CLS] the movie [SEP]
+    assert seen_length(tokenizer, data, 16, quantile=1.0) == 10
 
 
 def test_shared_and_relu_attention_students(tiny_vocab):
@@ -165,8 +165,8 @@ def test_augmented_kd_still_gets_its_long_rows_calibrated(tiny_vocab, tmp_path):
     train = sentiment_data(2)
     recipe = replace(DEFAULTS, joined_fraction=1.0, length_steps=30, length_passages=0, batch_size=8, handover=0.0)
     kd_train, _ = task_augmentation(train, recipe.joined_fraction, 0, recipe.seed)
-    assert seen_length(tokenizer, [kd_train], 16) == 16 > seen_length(tokenizer, [train], 16)  # KD reaches L
+    assert seen_length(tokenizer, kd_train, 16) == 16 > seen_length(tokenizer, train, 16)  # KD reaches L
     summary = distill_task(tiny_teacher(), _student(), tokenizer, train, tmp_path, recipe, epochs=1)
     record = summary["length_calibration"]
-    assert record["seen_length"] == seen_length(tokenizer, [train], 16)
+    assert record["seen_length"] == seen_length(tokenizer, train, 16)
     assert record["steps"] == 30 and all(n > 0 for n in record["long_rows"])

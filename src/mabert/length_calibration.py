@@ -25,11 +25,10 @@ from .registry import layer_parts
 from .softmax_approx import SoftmaxApproximator
 
 
-def seen_length(tokenizer, datasets, max_length: int, quantile: float = 0.99) -> int:
-    """The token length that `quantile` of the inputs (text_a[/text_b]) of `datasets` — the task's own — do not
+def seen_length(tokenizer, dataset, max_length: int, quantile: float = 0.99) -> int:
+    """The token length that `quantile` of the inputs (text_a[/text_b]) of `dataset` — the task's own — do not
     exceed."""
-    lengths = [len(ids) for dataset in datasets if dataset is not None and len(dataset)
-               for ids in tokenize(dataset, tokenizer, max_length)["input_ids"]]
+    lengths = [len(ids) for ids in tokenize(dataset, tokenizer, max_length)["input_ids"]]
     return int(np.quantile(lengths, quantile))
 
 

@@ -135,7 +135,7 @@ def length_calibration_step(tokenizer, train, recipe: Recipe):
     def calibrate(student):
         from .length_calibration import calibrate_lengths, length_texts, seen_length
 
-        seen = seen_length(tokenizer, [train], student.config.softmax_input_size)
+        seen = seen_length(tokenizer, train, student.config.softmax_input_size)
         texts = length_texts(train, recipe.length_passages, recipe.seed)
         return calibrate_lengths(student, tokenizer, texts, seen, steps=recipe.length_steps,
                                  short_weight=recipe.length_short_weight, seed=recipe.seed)
