@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/glue_kd.py --data-dir ../shared/data/glue --out glue-results
     .venv/bin/python benchmarks/glue_kd.py --recipe demo --tasks mrpc stsb --seeds 1 --out glue-demo-recipe
+    .venv/bin/python benchmarks/glue_kd.py --recipe demo --tasks stsb --seed-list 1 2 --out glue-more-seeds
 
 `--recipe paper` (default) is the two-stage recipe below; `--recipe demo` is the CPU demo's (mabert.recipe
 defaults: the task teacher converted, no augmentation, length calibration; ~40–45 min per task and seed for MRPC
@@ -114,6 +115,13 @@ def _fill_student_epochs(out: Path, results) -> None:
     results.pop("student_epochs_scale", None)  # the old per-folder marker; rows carry their epochs now
 
 
+def task_seeds(task: str, count: int | None = None, listed: list[int] | None = None) -> list[int]:
+    """The seeds a task runs: the listed ones (deduplicated, in order), else 0 … count − 1, else the table's."""
+    if listed:
+        return list(dict.fromkeys(listed))
+    return list(range(count or SETTINGS[task][3]))
+
+
 def run_task(task_name, data_dir, out, teacher_path, seed, recipe, ablations, student_epochs_scale=1.0):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -219,7 +227,10 @@ def main():
                         help="unlabelled English for the general model (besides the bundled text)")
     parser.add_argument("--out", default="glue-results")
     parser.add_argument("--tasks", nargs="+", default=list(SETTINGS))
-    parser.add_argument("--seeds", type=int, help="seeds per task (default: the table's, 1 or 3)")
+    seed_choice = parser.add_mutually_exclusive_group()
+    seed_choice.add_argument("--seeds", type=int, help="seeds 0 … N−1 per task (default: the table's, 1 or 3)")
+    seed_choice.add_argument("--seed-list", type=int, nargs="+", metavar="SEED",
+                             help="these seeds per task (e.g. 1 2: add seeds to a task whose seed 0 ran elsewhere)")
     parser.add_argument("--recipe", choices=("paper", "demo"), default="paper",
                         help="paper: general model + augmentation; demo: the demo's defaults (mabert.recipe.Recipe())")
     parser.add_argument("--general-steps", type=int, help="general KD steps (paper recipe only; default 2000)")
@@ -228,6 +239,8 @@ def main():
     parser.add_argument("--ablations", action="store_true")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    if args.seeds is not None and args.seeds < 1 or args.seed_list and min(args.seed_list) < 0:
+        parser.error("--seeds takes a count ≥ 1 and --seed-list seeds ≥ 0")
     if args.student_epochs_scale <= 0:
         parser.error("--student-epochs-scale must be positive (1 is the table's schedule)")
     if args.recipe == "demo" and args.general_steps is not None:
@@ -250,7 +263,7 @@ def main():
     marker.write_text(args.recipe + "\n")
     results["recipe"] = args.recipe
     _fill_student_epochs(out, results)
-    seeds = {task: range(args.seeds or SETTINGS[task][3]) for task in args.tasks}
+    seeds = {task: task_seeds(task, args.seeds, args.seed_list) for task in args.tasks}
     for task in args.tasks:  # before any work: nothing of another schedule is reused or replaced
         for seed in seeds[task]:
             _refuse_other_schedules(out, results, task, seed, SETTINGS[task][1],

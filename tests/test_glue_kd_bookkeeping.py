@@ -68,3 +68,10 @@ def test_rows_from_before_epochs_were_recorded_get_them_from_their_student(tmp_p
     glue_kd._fill_student_epochs(tmp_path, results)
     assert [r.get("student_epochs") for r in results["rows"]] == [8.0, None]  # seed 1's student is not kept
     assert "student_epochs_scale" not in results
+
+
+def test_seeds_by_count_list_or_the_tables_default():
+    assert glue_kd.task_seeds("mrpc") == [0, 1, 2]
+    assert glue_kd.task_seeds("sst2") == [0]
+    assert glue_kd.task_seeds("stsb", count=2) == [0, 1]
+    assert glue_kd.task_seeds("stsb", listed=[2, 1, 2]) == [2, 1]
