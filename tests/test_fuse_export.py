@@ -18,6 +18,8 @@ CONFIGS = {
     "bert-relu-attention": lambda: tiny_bert_config(softmax_mask_mode="masked", attention_kind="relu",
                                                     pooler_act="relu"),
     "distilbert-relu-attention": lambda: tiny_distilbert_config(attention_kind="relu"),
+    "bert-poly-attention": lambda: tiny_bert_config(attention_kind="poly", pooler_act="relu"),
+    "distilbert-poly-attention": lambda: tiny_distilbert_config(attention_kind="poly", activation_bounds=True),
 }
 
 
@@ -156,14 +158,18 @@ def test_cli_fuse_export_audit(tmp_path, tiny_vocab):
     assert not (tmp_path / "x.onnx").exists()
 
 
+@pytest.mark.parametrize("attention", ["approximator", "poly"])
 @pytest.mark.parametrize("percentile", [False, True])
-def test_static_int8_follows_the_fp32_graph(tmp_path, percentile):
+def test_static_int8_follows_the_fp32_graph(tmp_path, percentile, attention):
     """Calibrated on feeds of varying batch size and length (percentile ranges stack every feed's activations,
-    so the feeds are split into rows and padded), the int8 graph stays close to fp32 and passes the audit."""
-    from mabert.quantize import onnx_predict, quantize_static_int8
+    so the feeds are split into rows and padded), the int8 graph stays close to fp32 and passes the audit;
+    with PolySoftmax the attention stays fp32."""
+    import onnx
+
+    from mabert.quantize import ATTENTION_SCOPE, POLY_SOFTMAX_SCOPE, onnx_predict, quantize_static_int8
 
     model = make_realistic(AutoModelForSequenceClassification.from_config(
-        tiny_bert_config(softmax_mask_mode="masked", pooler_act="relu")))
+        tiny_bert_config(softmax_mask_mode="masked", pooler_act="relu", attention_kind=attention)))
     fp32 = export_onnx(fuse(model), tmp_path / "m.onnx")
     generator = np.random.default_rng(0)
     feeds = [{"input_ids": generator.integers(5, 64, (batch, length)), "attention_mask": np.ones((batch, length), int)}
@@ -174,3 +180,7 @@ def test_static_int8_follows_the_fp32_graph(tmp_path, percentile):
     want, got = onnx_predict(fp32, batches), onnx_predict(int8, batches)
     assert np.abs(got - want).max() < 0.15 * np.abs(want).max()
     assert audit(int8)["passed"]
+    nodes = onnx.load(str(int8)).graph.node
+    assert any(POLY_SOFTMAX_SCOPE in n.name for n in nodes) is (attention == "poly")
+    if attention == "poly":
+        assert not any(n.op_type.startswith("QLinear") for n in nodes if ATTENTION_SCOPE in n.name)

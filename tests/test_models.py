@@ -141,8 +141,9 @@ def test_training_statistics_are_padding_independent(make):
     (dict(softmax_mask_mode="multiply"), True),
     (dict(softmax_mask_mode="masked"), False),
     (dict(softmax_mask_mode="multiply", attention_kind="relu"), False),
+    (dict(softmax_mask_mode="multiply", attention_kind="poly"), False),
     (dict(softmax_mask_mode="multiply", use_softmax_approx=False), False),
-], ids=["multiply", "masked", "relu", "exact-softmax"])
+], ids=["multiply", "masked", "relu", "poly", "exact-softmax"])
 def test_training_statistics_count_padding_only_where_attention_reads_it(overrides, counts_padding, family):
     """With the released multiply masking, real tokens read padding rows, so PowerNorm's batch E[x²] counts every
     row as the reference does; where padded keys get weight 0 it counts the real tokens only. Checked on every

@@ -6,10 +6,10 @@ import math
 import torch
 from torch import nn
 
-from .choices import ATTENTION_RELU, MASK_MULTIPLY
+from .choices import ATTENTION_APPROXIMATOR, ATTENTION_POLY, ATTENTION_RELU, MASK_MULTIPLY
 from .errors import MABertError
 from .powernorm import real_tokens
-from .softmax_approx import ReLUAttention, SoftmaxApproximator
+from .softmax_approx import PolySoftmax, ReLUAttention, SoftmaxApproximator
 
 
 def check_heads(width: int, num_heads: int) -> None:
@@ -23,9 +23,9 @@ def check_heads(width: int, num_heads: int) -> None:
 def attention_reads_padding(config) -> bool:
     """Whether padded keys get nonzero attention weight, so real tokens read padding rows: the paper's approximator
     with the released multiply masking (a padded key's weight is whatever the network outputs for a score of 0).
-    Exact softmax, ReLU attention and the "masked" mode give padded keys weight 0."""
+    Exact softmax, ReLU attention, PolySoftmax and the "masked" mode give padded keys weight 0."""
     return (bool(getattr(config, "use_softmax_approx", False))
-            and getattr(config, "attention_kind", "approximator") != ATTENTION_RELU
+            and getattr(config, "attention_kind", ATTENTION_APPROXIMATOR) == ATTENTION_APPROXIMATOR
             and getattr(config, "softmax_mask_mode", "") == MASK_MULTIPLY)
 
 
@@ -35,9 +35,12 @@ def norm_statistics_scope(config, attention_mask: torch.Tensor | None):
     return real_tokens(None if attention_reads_padding(config) else attention_mask)
 
 
-def build_approximator(config) -> SoftmaxApproximator | ReLUAttention:
-    if getattr(config, "attention_kind", "approximator") == ATTENTION_RELU:
+def build_approximator(config) -> SoftmaxApproximator | ReLUAttention | PolySoftmax:
+    kind = getattr(config, "attention_kind", ATTENTION_APPROXIMATOR)
+    if kind == ATTENTION_RELU:
         return ReLUAttention(config.softmax_input_size)
+    if kind == ATTENTION_POLY:
+        return PolySoftmax(config.softmax_input_size)
     return SoftmaxApproximator(
         config.softmax_input_size, config.softmax_hidden_layer_size, config.softmax_mask_mode
     )

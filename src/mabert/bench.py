@@ -124,7 +124,7 @@ def ma_matmul_flops(config, batch: int, length: int, reassociate: bool) -> float
     heads, approx_hidden = config.num_attention_heads, config.softmax_hidden_layer_size
     dim = hidden // heads
     dense = 2 * batch * length * (4 * hidden * hidden + 2 * hidden * inter)
-    if getattr(config, "attention_kind", "approximator") == "relu":  # QKᵀ, ReLU(S)·V
+    if getattr(config, "attention_kind", "approximator") in ("relu", "poly"):  # QKᵀ, f(S)·V
         return layers * (dense + batch * heads * 2 * 2 * length * length * dim)
     if reassociate:  # W1·K, Q·(W1K)ᵀ, W2ᵀ·V, H·(W2ᵀV)
         attention = 4 * 2 * batch * heads * length * approx_hidden * dim

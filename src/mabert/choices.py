@@ -9,9 +9,10 @@ from __future__ import annotations
 MASK_MULTIPLY, MASK_MASKED = "multiply", "masked"
 MASK_MODES = (MASK_MULTIPLY, MASK_MASKED)
 
-# attention_kind (mabert.softmax_approx): the paper's softmax approximator, or ReLU(scores)/L (not in the paper)
-ATTENTION_APPROXIMATOR, ATTENTION_RELU = "approximator", "relu"
-ATTENTION_KINDS = (ATTENTION_APPROXIMATOR, ATTENTION_RELU)
+# attention_kind (mabert.softmax_approx): the paper's softmax approximator; or, not in the paper, ReLU(scores)/L, or
+# "poly": softmax itself evaluated with matrix arithmetic and ReLU (no parameters, nothing to fit)
+ATTENTION_APPROXIMATOR, ATTENTION_RELU, ATTENTION_POLY = "approximator", "relu", "poly"
+ATTENTION_KINDS = (ATTENTION_APPROXIMATOR, ATTENTION_RELU, ATTENTION_POLY)
 
 # norm_type (mabert.powernorm.make_norm)
 NORM_POWER, NORM_LAYER = "power", "layer"

@@ -412,7 +412,9 @@ def add_verbs(verbs) -> None:
                    help="no activation bounds (by default clamps calibrated after training keep outputs finite)")
     p.add_argument("--attention", choices=ATTENTION_KINDS, default=DEFAULTS.attention_kind,
                    help="approximator: the paper's softmax network (default); relu: ReLU(scores)/L, no parameters, "
-                        "cheaper at short lengths (blended in from softmax during KD)")
+                        "cheaper at short lengths (blended in from softmax during KD); poly: softmax itself in matrix "
+                        "arithmetic and ReLU (ReLU row max, exp by squaring a polynomial, Newton reciprocal), no "
+                        "parameters, as exact as softmax at every length")
     p.add_argument("--powernorm-backward", choices=POWERNORM_BACKWARDS, default=DEFAULTS.powernorm_backward,
                    help="PowerNorm's training gradient: exact (through the batch statistic; default) or approximate "
                         "(the reference's running correction)")
@@ -439,7 +441,8 @@ def add_verbs(verbs) -> None:
                    help="KD pre-training steps of a general MA model on bundled English before task KD "
                         "(default 0: the task teacher is converted; --full: 1000)")
     p.add_argument("--attention", choices=ATTENTION_KINDS, default=DEFAULTS.attention_kind,
-                   help="the student's attention: the paper's approximator, or ReLU(scores)/L")
+                   help="the student's attention: the paper's approximator, ReLU(scores)/L, or poly (softmax in "
+                        "matrix arithmetic; see mabert convert --help)")
     p.add_argument("--threads", type=at_least(1), default=2)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_demo)

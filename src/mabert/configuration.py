@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from transformers import BertConfig, DistilBertConfig
 
-from .choices import (ATTENTION_APPROXIMATOR, ATTENTION_KINDS, ATTENTION_RELU, BACKWARD_EXACT, FFN_RELU, MASK_MODES,
+from .choices import (ATTENTION_APPROXIMATOR, ATTENTION_KINDS, BACKWARD_EXACT, FFN_RELU, MASK_MODES,
                       MASK_MULTIPLY, NORM_POWER, NORM_TYPES, POOLER_ACTIVATIONS, POOLER_TANH, POWERNORM_BACKWARDS)
 from .registry import BERT, DISTILBERT
 
@@ -26,7 +26,8 @@ def _ma_settings(
     both configs.
     `activation_bounds` (not in the release) clamps every PowerNorm output and the logits at inference to ranges
     calibrated on training data (`mabert.bounds`), so no input can make the model overflow. `attention_kind`
-    "relu" (not in the release) uses ReLU(scores)/L instead of the approximator (`mabert.softmax_approx`).
+    "relu" (not in the release) uses ReLU(scores)/L instead of the approximator, "poly" softmax itself evaluated with
+    matrix arithmetic and ReLU (`mabert.softmax_approx.PolySoftmax`).
     `powernorm_backward` (training only) is "exact" (autograd through the batch statistic; not the release's) or
     "approximate" (the release's PowerNorm backward with its running correction; see `mabert.powernorm`)."""
     norm_type = str(norm_type).lower()
@@ -38,8 +39,9 @@ def _ma_settings(
         raise ValueError(f"attention_kind must be one of {ATTENTION_KINDS}, got {attention_kind!r}")
     if powernorm_backward not in POWERNORM_BACKWARDS:
         raise ValueError(f"powernorm_backward must be one of {POWERNORM_BACKWARDS}, got {powernorm_backward!r}")
-    if attention_kind == ATTENTION_RELU and share_softmax_nn:
-        raise ValueError("share_softmax_nn does not apply to attention_kind='relu' (it has no parameters to share)")
+    if attention_kind != ATTENTION_APPROXIMATOR and share_softmax_nn:
+        raise ValueError(f"share_softmax_nn does not apply to attention_kind={attention_kind!r} "
+                         "(it has no parameters to share)")
     return dict(
         use_softmax_approx=bool(use_softmax_approx),
         share_softmax_nn=bool(share_softmax_nn),

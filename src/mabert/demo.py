@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from .batches import make_loader
 from .bench import fixed_workload, real_workload, run_benchmark
+from .choices import ATTENTION_POLY
 from .corpora import HELD_OUT_SOURCES, bundled_documents, bundled_passages, joined_examples
 from .data import load_task, tokenize
 from .errors import MABertError
@@ -200,8 +201,10 @@ class Pipeline:
         # the integer-only graph is calibrated on training sentences, as the static int8 graph below (calibration
         # texts are single texts: pair tasks get no integer graph here)
         calibration_texts = train["text_a"][:CALIBRATION_TEXTS] if "text_b" not in train.column_names else None
-        facts = export_model_dir(self.out / "student" / "model", export_dir, int8=True,
-                                 integer=calibration_texts is not None, calibration_texts=calibration_texts)
+        # PolySoftmax needs float range: no integer-only form (mabert.integer_model)
+        integer = calibration_texts is not None and getattr(student.config, "attention_kind", None) != ATTENTION_POLY
+        facts = export_model_dir(self.out / "student" / "model", export_dir, int8=True, integer=integer,
+                                 calibration_texts=calibration_texts)
         fused = fuse(student, check=False)  # the same folds export_model_dir just checked
         onnx_dir = self.out / "onnx"
         export_onnx(teacher, onnx_dir / "bert-teacher.onnx")

@@ -9,7 +9,8 @@ the norm folded into its rows. The embedding norm lands in the tables (its shift
 ranges over orders of magnitude: int8 versions of such a graph predicted one class.) In a bounded model each
 norm's clamp follows as hi − ReLU((hi − lo) − ReLU(h' − lo)) (`mabert.bounds`).
 
-ReLU attention (`attention_kind="relu"`) is ReLU(q·kᵀ)·(v/L), 1/L folded into the value projection.
+ReLU attention (`attention_kind="relu"`) is ReLU(q·kᵀ)·(v/L), 1/L folded into the value projection; PolySoftmax
+(`"poly"`) is its own matrix-arithmetic softmax of q·kᵀ, then ·v.
 Attention with the approximator reassociates (S·W1ᵀ = Q·(W1·K)ᵀ, P·V = H·(W2ᵀ·V) + b2·V) when that is
 cheaper at the model's length L, so no T×T score matrix is ever formed.
 
@@ -28,7 +29,7 @@ from .choices import HEAD_SEQCLS, MASK_MASKED, POOLER_IDENTITY, POOLER_RELU, POO
 from .errors import MABertError
 from .powernorm import PowerNorm
 from .registry import LayerParts, embedding_parts, find_family, head_of, head_parts, is_ma, layer_parts
-from .softmax_approx import ReLUAttention
+from .softmax_approx import PolySoftmax, ReLUAttention
 
 FOLD_TOLERANCE = 1e-9  # relative; float64 folds agree to ~1e-13
 
@@ -121,6 +122,18 @@ class FusedReLUAttention(nn.Module):
         return torch.relu(q @ (k * keymask).transpose(-1, -2)) @ v
 
 
+class FusedPolySoftmax(nn.Module):
+    """PolySoftmax attention: its matrix-arithmetic softmax of q·kᵀ (1/√d already in the query), times v."""
+
+    def __init__(self, length: int):
+        super().__init__()
+        self.value_scale = 1.0
+        self.softmax = PolySoftmax(length)
+
+    def forward(self, q, k, v, keymask):
+        return self.softmax(q @ k.transpose(-1, -2), keymask.transpose(-1, -2)) @ v
+
+
 class FusedLayer(nn.Module):
     """One encoder layer: r ← bound1(r ⊙ s1 + O·attention(r)); r ← bound2(r ⊙ s2 + W2·ReLU(W1·r))."""
 
@@ -181,6 +194,8 @@ class FusedMAModel(nn.Module):
                 raise MABertError("fuse needs the ReLU feed-forward (ffn_hidden_act='relu')")
             if isinstance(layer.approximator, ReLUAttention):
                 attention = FusedReLUAttention(layer.approximator.input_size)
+            elif isinstance(layer.approximator, PolySoftmax):
+                attention = FusedPolySoftmax(layer.approximator.input_size)
             else:
                 stack = layer.approximator.linear_relu_stack
                 if shared is None or shared[0] is not stack:  # a shared approximator is stored once

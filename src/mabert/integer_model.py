@@ -17,7 +17,7 @@ import torch
 
 from .choices import POOLER_IDENTITY, POOLER_RELU
 from .errors import MABertError
-from .fuse import FusedMAModel, FusedReLUAttention
+from .fuse import FusedMAModel, FusedPolySoftmax, FusedReLUAttention
 
 INT8_MAX = 127
 # Results are checked to stay below this before the int32 clamp (whose hi − lo and x − lo must not overflow int32);
@@ -154,6 +154,9 @@ def build_integer_model(fused: FusedMAModel, calibration_batches) -> tuple[dict,
     if fused.pool_act not in (POOLER_IDENTITY, POOLER_RELU):
         raise MABertError(f"the {fused.pool_act} pooler is not matrix arithmetic; integer export needs an identity "
                           "or ReLU pooler (mabert convert --pooler identity)")
+    if isinstance(fused.layers[0].approximator, FusedPolySoftmax):
+        raise MABertError("the integer-only graph does not support PolySoftmax attention (its exp and reciprocal "
+                          "need a float range int8 cannot hold); export this model in fp32 or ORT dynamic int8")
     amax = _calibrate(fused, calibration_batches)
     heads = fused.layers[0].num_heads
     relu_attention = isinstance(fused.layers[0].approximator, FusedReLUAttention)

@@ -15,8 +15,13 @@ from pathlib import Path
 from .io import atomic_file
 from .registry import find_family, is_ma
 
-_MA_KEYS = ("softmax_input_size", "softmax_hidden_layer_size", "share_softmax_nn", "softmax_mask_mode", "norm_type",
-            "ffn_hidden_act", "pooler_act", "powernorm_backward")
+_MA_KEYS = ("attention_kind", "softmax_input_size", "softmax_hidden_layer_size", "share_softmax_nn", "softmax_mask_mode",
+            "norm_type", "ffn_hidden_act", "pooler_act", "powernorm_backward")
+_ATTENTION_WORDS = {  # config.attention_kind → what stands in for softmax
+    "approximator": "a two-layer ReLU network per score row",
+    "relu": "ReLU(scores)/L (an option beyond the paper)",
+    "poly": "softmax evaluated in matrix arithmetic and ReLU (PolySoftmax, an option beyond the paper)",
+}
 _HUB_DATASETS = {"imdb": ("stanfordnlp/imdb", None), **{t: ("nyu-mll/glue", t.split("-")[0]) for t in (
     "cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "mnli-mm", "qnli", "rte", "wnli")}}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -122,7 +127,8 @@ def build_card(facts: dict) -> str:
              f"A{'n' if family[0] in 'AEIMO' else ''} {family} {kind}"
              + (f", {_STAGES[stage]}" if stage in _STAGES else "") + "."]
     if ma:
-        lines += ["", "MA-BERT (ICLR 2023) replaces softmax with a two-layer ReLU network per score row, GELU with "
+        attention = _ATTENTION_WORDS.get(config.get("attention_kind"), _ATTENTION_WORDS["approximator"])
+        lines += ["", f"MA-BERT (ICLR 2023) replaces softmax with {attention}, GELU with "
                       "ReLU and LayerNorm with PowerNorm, so that inference (after `mabert.fuse`) is matrix arithmetic "
                       "and ReLU only.", "", "## MA settings", "", "| setting | value |", "|---|---|"]
         lines += [f"| `{k}` | {config[k]} |" for k in _MA_KEYS if k in config]

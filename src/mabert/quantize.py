@@ -10,6 +10,9 @@ import numpy as np
 from .errors import MABertError
 from .io import atomic_file
 
+# ONNX node-name scopes of a fused model's attention and of a fused PolySoftmax (mabert.fuse: FusedLayer.approximator)
+ATTENTION_SCOPE, POLY_SOFTMAX_SCOPE = "/approximator/", "/approximator/softmax/"
+
 
 def quantize_dynamic_int8(src: str | Path, dst: str | Path) -> Path:
     """Weights int8, activations quantized on the fly (ORT dynamic quantization)."""
@@ -72,6 +75,15 @@ def quantize_static_int8(src: str | Path, dst: str | Path, calibration_feeds: li
 
     graph = onnx.load(str(src), load_external_data=False).graph
     initializers = {i.name for i in graph.initializer}
+    # PolySoftmax's exp-by-squaring and Newton steps need float range, and int8 scores would reach exp with steps
+    # of ~0.2 (±20 % in a weight): with PolySoftmax the attention (q·kᵀ, softmax, ·v) stays fp32 between the int8
+    # dense products. ORT's calibrator still takes ranges of every tensor of a quantized op type, excluded nodes
+    # included, and a Newton product s·r ≈ 1 ± 1e-7 has no finite histogram: Add and Mul are then not quantized.
+    poly = any(POLY_SOFTMAX_SCOPE in node.name for node in graph.node)
+    keep_float = [node.name for node in graph.node if poly and ATTENTION_SCOPE in node.name]
+    op_types = ["MatMul", "Gather", "Relu", "Transpose", "Reshape", "Slice", "Unsqueeze", "Concat"]
+    if not poly:
+        op_types += ["Add", "Mul"]
     input_names = [i.name for i in graph.input if i.name not in initializers]
     if percentile:
         calibration_feeds = _single_rows(calibration_feeds)
@@ -79,8 +91,9 @@ def quantize_static_int8(src: str | Path, dst: str | Path, calibration_feeds: li
     with atomic_file(dst) as tmp, _quiet():
         quantize_static(
             str(src), str(tmp), _Calibration(calibration_feeds, input_names), quant_format=QuantFormat.QOperator,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gather", "Add", "Mul", "Relu", "Transpose", "Reshape", "Slice", "Unsqueeze", "Concat"],
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=op_types,
             calibrate_method=CalibrationMethod.Percentile if percentile else CalibrationMethod.MinMax,
+            nodes_to_exclude=keep_float,
             extra_options={"ActivationSymmetric": False},
         )
     return Path(dst)
