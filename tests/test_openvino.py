@@ -83,8 +83,9 @@ def test_plain_bert_converts_and_matches(tmp_path):
         np.testing.assert_allclose(ov(feed), ort(feed), atol=1e-5, rtol=1e-4)
 
 
-def test_int8_is_quantized_finite_and_agrees_with_fp32(tmp_path):
-    config = tiny_bert_config(softmax_mask_mode="masked", pooler_act="relu", num_labels=3)
+@pytest.mark.parametrize("attention", ["approximator", "poly"])
+def test_int8_is_quantized_finite_and_agrees_with_fp32(tmp_path, attention):
+    config = tiny_bert_config(softmax_mask_mode="masked", pooler_act="relu", num_labels=3, attention_kind=attention)
     onnx_path = fused_onnx(tmp_path, config, seed=1)
     info = export_openvino(onnx_path, tmp_path / "ov", int8=True, calibration_feeds=calibration())
     assert "openvino_model_int8.xml" in info["files"]
@@ -101,6 +102,9 @@ def test_int8_is_quantized_finite_and_agrees_with_fp32(tmp_path):
     assert (got.argmax(-1) == want.argmax(-1)).mean() >= 0.8
     assert np.abs(got - want).max() <= 0.25 * np.abs(want).max()
     assert not np.allclose(got, want, atol=1e-6)  # it really runs quantized
+    if attention == "poly":  # its attention (scores, softmax, ·v) stays fp32
+        names = [op.get_friendly_name() for op in quantized.get_ops() if op.get_type_name() == "FakeQuantize"]
+        assert names and not any("/approximator/" in name for name in names)
 
 
 def test_int8_needs_calibration(tmp_path):

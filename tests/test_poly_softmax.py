@@ -56,6 +56,22 @@ def test_poly_softmax_is_softmax_over_the_real_keys(length, scale):
     assert torch.equal(got * (1 - mask), torch.zeros_like(got))  # padded keys get exactly 0
 
 
+def test_poly_softmax_is_bounded_on_any_finite_scores():
+    """Rows are weights in [0, 1] whatever the scores' size, summing to 1 while a real key scores above −10⁴:
+    nothing to extrapolate, unlike a fitted approximator, so attention cannot feed growth of the stream."""
+    g = torch.Generator().manual_seed(5)
+    scores = torch.randn(2, 2, 9, 9, generator=g) * torch.tensor([1e-3, 1e2, 1e6, 1e30]).repeat(3)[:9]
+    scores[1, 0, :, 6:] = 1e30  # padded keys far above the real ones
+    scores[1, 1] = -1e6 - torch.rand(9, 9, generator=g)  # every real key below the padded keys' −10⁴
+    mask = torch.tensor([1, 1, 1, 1, 1, 1, 0, 0, 0], dtype=torch.float)[None, None, None]
+    got = PolySoftmax(16)(scores, mask)
+    assert torch.isfinite(got).all() and (got >= 0).all() and (got <= 1 + 1e-6).all()
+    assert torch.equal(got[..., 6:], torch.zeros_like(got[..., 6:]))
+    sums = got.sum(-1)
+    sums[1, 1] = 1.0  # the one row with no real key above −10⁴: finite and bounded, not normalised
+    torch.testing.assert_close(sums, torch.ones(2, 2, 9), rtol=0, atol=1e-6)
+
+
 def test_poly_softmax_errors_and_gradient():
     with pytest.raises(ValueError, match="exceeds this model's length L = 4"):
         PolySoftmax(4)(torch.zeros(1, 1, 5, 5))

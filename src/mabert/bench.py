@@ -124,8 +124,10 @@ def ma_matmul_flops(config, batch: int, length: int, reassociate: bool) -> float
     heads, approx_hidden = config.num_attention_heads, config.softmax_hidden_layer_size
     dim = hidden // heads
     dense = 2 * batch * length * (4 * hidden * hidden + 2 * hidden * inter)
-    if getattr(config, "attention_kind", "approximator") in ("relu", "poly"):  # QKᵀ, f(S)·V
-        return layers * (dense + batch * heads * 2 * 2 * length * length * dim)
+    kind = getattr(config, "attention_kind", "approximator")
+    if kind in ("relu", "poly"):  # QKᵀ, f(S)·V; PolySoftmax's row sums are one more product, with a ones vector
+        row_sums = batch * heads * 2 * length * length if kind == "poly" else 0
+        return layers * (dense + batch * heads * 2 * 2 * length * length * dim + row_sums)
     if reassociate:  # W1·K, Q·(W1K)ᵀ, W2ᵀ·V, H·(W2ᵀV)
         attention = 4 * 2 * batch * heads * length * approx_hidden * dim
     else:  # QKᵀ, S·W1ᵀ, ·W2ᵀ, P·V

@@ -19,6 +19,7 @@ import numpy as np
 
 from .errors import MABertError, one_line
 from .export import graph_length_limit, refuse_longer_than
+from .quantize import ATTENTION_SCOPE, POLY_SOFTMAX_SCOPE
 
 FP32_XML = "openvino_model.xml"
 INT8_XML = "openvino_model_int8.xml"
@@ -112,9 +113,14 @@ def quantize_int8(model, calibration_feeds: list[dict]):
     nncf_logger = logging.getLogger("nncf")
     level = nncf_logger.level
     nncf_logger.setLevel(logging.ERROR)  # NNCF logs its algorithm steps at INFO
+    # with PolySoftmax the attention stays fp32, as in ORT static int8 (mabert.quantize: int8 scores reaching exp,
+    # and its reciprocal's interpolant as an int8 "weight", would break it)
+    poly = any(POLY_SOFTMAX_SCOPE in op.get_friendly_name() for op in model.get_ops())
+    keep_float = nncf.IgnoredScope(patterns=[f".*{ATTENTION_SCOPE}.*"], validate=False) if poly else None
     try:
         quantized = nncf.quantize(model, nncf.Dataset(feeds, lambda feed: _fit(feed, names)),
-                                  model_type=nncf.ModelType.TRANSFORMER, subset_size=len(feeds))
+                                  model_type=nncf.ModelType.TRANSFORMER, subset_size=len(feeds),
+                                  ignored_scope=keep_float)
     finally:
         nncf_logger.setLevel(level)
     limit = length_limit(model)

@@ -22,9 +22,20 @@ def quantize_dynamic_int8(src: str | Path, dst: str | Path) -> Path:
         import onnx
 
         # fused ORT ops (Attention, SkipLayerNorm…) have no shape inference: say the default type is fp32
-        quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8,
+        quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8, nodes_to_exclude=_poly_attention(src),
                          extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     return Path(dst)
+
+
+def _poly_attention(src: str | Path) -> list[str]:
+    """The attention nodes of a graph with PolySoftmax, which stay fp32 (its reciprocal's interpolant is a constant
+    matrix a quantizer would take for a weight; int8 scores would reach exp in steps of ~0.2); [] for other graphs."""
+    import onnx
+
+    nodes = onnx.load(str(src), load_external_data=False).graph.node
+    if not any(POLY_SOFTMAX_SCOPE in node.name for node in nodes):
+        return []
+    return [node.name for node in nodes if ATTENTION_SCOPE in node.name]
 
 
 @contextlib.contextmanager
@@ -75,15 +86,14 @@ def quantize_static_int8(src: str | Path, dst: str | Path, calibration_feeds: li
 
     graph = onnx.load(str(src), load_external_data=False).graph
     initializers = {i.name for i in graph.initializer}
-    # PolySoftmax's exp-by-squaring and Newton steps need float range, and int8 scores would reach exp with steps
-    # of ~0.2 (±20 % in a weight): with PolySoftmax the attention (q·kᵀ, softmax, ·v) stays fp32 between the int8
-    # dense products. ORT's calibrator still takes ranges of every tensor of a quantized op type, excluded nodes
-    # included, and a Newton product s·r ≈ 1 ± 1e-7 has no finite histogram: Add and Mul are then not quantized.
-    poly = any(POLY_SOFTMAX_SCOPE in node.name for node in graph.node)
-    keep_float = [node.name for node in graph.node if poly and ATTENTION_SCOPE in node.name]
-    op_types = ["MatMul", "Gather", "Relu", "Transpose", "Reshape", "Slice", "Unsqueeze", "Concat"]
-    if not poly:
-        op_types += ["Add", "Mul"]
+    # With PolySoftmax the attention (q·kᵀ, softmax, ·v) stays fp32 between the int8 dense products. ORT's
+    # calibrator still takes ranges of every tensor of a quantized op type, excluded nodes included, and tensors
+    # of one value far from 0 have no finite histogram (a Newton product s·r ≈ 1 ± 1e-7, a tournament slice of
+    # padded keys at −10⁴): Add, Mul and Slice are then not quantized.
+    keep_float = _poly_attention(src)
+    op_types = ["MatMul", "Gather", "Relu", "Transpose", "Reshape", "Unsqueeze", "Concat"]
+    if not keep_float:
+        op_types += ["Add", "Mul", "Slice"]
     input_names = [i.name for i in graph.input if i.name not in initializers]
     if percentile:
         calibration_feeds = _single_rows(calibration_feeds)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .choices import BACKWARD_EXACT, HEAD_BASE, MASK_MASKED, POOLER_IDENTITY
+from .choices import ATTENTION_APPROXIMATOR, BACKWARD_EXACT, HEAD_BASE, MASK_MASKED, POOLER_IDENTITY
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,7 @@ class Recipe:
     mask_mode: str = MASK_MASKED       # any length ≤ L, padding-independent
     pooler_act: str = POOLER_IDENTITY  # no tanh; unlike ReLU initialised from tanh weights it cannot go dead
     activation_bounds: bool = True     # clamps calibrated after training: finite on any input (mabert.bounds)
-    attention_kind: str = "approximator"  # or "relu": ReLU(scores)/L (mabert.softmax_approx.ReLUAttention)
+    attention_kind: str = "approximator"  # or "relu" / "poly" (mabert.softmax_approx: ReLUAttention, PolySoftmax)
     powernorm_backward: str = BACKWARD_EXACT  # or "approximate", the reference's (mabert.powernorm)
     handover: float = 0.4              # share of the first KD run moving from LayerNorm/GELU to PowerNorm/ReLU
     batch_size: int = 32
@@ -135,6 +135,8 @@ def length_calibration_step(tokenizer, train, recipe: Recipe):
     def calibrate(student):
         from .length_calibration import calibrate_lengths, length_texts, seen_length
 
+        if getattr(student.config, "attention_kind", ATTENTION_APPROXIMATOR) != ATTENTION_APPROXIMATOR:
+            return calibrate_lengths(student, tokenizer, [], 0)  # says "not applicable" before reading any text
         seen = seen_length(tokenizer, train, student.config.softmax_input_size)
         texts = length_texts(train, recipe.length_passages, recipe.seed)
         return calibrate_lengths(student, tokenizer, texts, seen, steps=recipe.length_steps,

@@ -111,13 +111,13 @@ def general_section(general: dict) -> list[str]:
             "| attention MSE | – | " + " | ".join(f"{e:.2e}" for e in errors["attention_mse"]) + " |"]
 
 
-def usage_section(out: Path, predict: dict) -> list[str]:
+def usage_section(out: Path, predict: dict, integer: bool) -> list[str]:
     """How to use what the demo made: the export directory, its model cards, and the predict example's output."""
     import csv
 
     lines = ["", "## Use the student", "",
-             "`export/` is the deployable model (fused `model.onnx`, dynamic int8 `model_quantized.onnx`, the "
-             "integer-only `model_integer.onnx`, config, tokenizer); it loads with optimum's `ORTModelForSequenceClassification` and `transformers.pipeline` "
+             "`export/` is the deployable model (fused `model.onnx`, dynamic int8 `model_quantized.onnx`, "
+             + ("the integer-only `model_integer.onnx`, " if integer else "") + "config, tokenizer); it loads with optimum's `ORTModelForSequenceClassification` and `transformers.pipeline` "
              "(see its `README.md`, the model card; `teacher/model` and `student/model` have cards too). "
              "Scoring a file:", "", "```", predict["command"], "```", ""]
     texts = (out / "predict" / "examples.txt").read_text(encoding="utf-8").splitlines()
@@ -180,14 +180,14 @@ def write_report(out: Path, records: dict, settings: dict) -> Path:
             lines.append(f"| {op} | {teacher_ops.get(op, '')} | {student_ops.get(op, '')} |")
     fitted = next((r for r in (records.get("general"), records.get("convert")) if r and "approximator_mse_per_layer" in r),
                   None)
-    if fitted:
+    if fitted and fitted["approximator_mse_per_layer"]:  # empty: nothing was fitted (ReLU attention, PolySoftmax)
         errors = fitted["approximator_mse_per_layer"]
         lines += ["", "## Approximator fit (MSE to softmax on teacher score rows)", "",
                   " ".join(f"layer {i + 1}: {e:.2e}" for i, e in enumerate(errors))]
     if records.get("general"):
         lines += general_section(records["general"])
     if records.get("predict", {}).get("command"):
-        lines += usage_section(out, records["predict"])
+        lines += usage_section(out, records["predict"], integer="audit" in (export or {}).get("integer", {}))
     if records.get("robustness"):
         lines += robustness_section(records["robustness"])
     if curves:

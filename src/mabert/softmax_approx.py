@@ -93,7 +93,9 @@ class MaskedSoftmax(nn.Module):
 POLY_FLOOR = 20.0
 POLY_SQUARINGS = 6
 POLY_NEWTON_STEPS = 3
-POLY_MASK_SHIFT = 1e4  # padded keys' scores are lowered by this before the row maximum, so they never hold it
+# padded keys' scores become −10⁴, so the row maximum is a real key's unless every real score is below that (then
+# the row's weights are ~0 instead of summing to 1: still finite; activation bounds keep scores far from it)
+POLY_MASK_SHIFT = 1e4
 
 
 def relu_max(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -138,8 +140,9 @@ class PolySoftmax(nn.Module):
     """Softmax itself, written in matrix arithmetic and ReLU (an option beyond the paper): the row maximum by a ReLU
     tournament, exp of the shifted scores (floored at −20 with a ReLU) by squaring a polynomial, the row sum by a
     product with a ones vector, and its reciprocal by Newton's iteration — no division, no transcendental op, no
-    parameters, so there is nothing to fit or calibrate and it is as exact at every length as softmax (within
-    1e-5). Padded keys get weight 0. It costs a few dozen elementwise passes over the score matrix."""
+    parameters, so there is nothing to fit or calibrate and it is as exact at every length as softmax (weights
+    within 2e-6). Padded keys get weight 0; weights are finite and in [0, 1] for any finite scores, and sum to 1
+    when some real key scores above −10⁴. It costs a few dozen elementwise passes over the score matrix."""
 
     def __init__(self, input_size: int = 128):
         super().__init__()
@@ -152,7 +155,7 @@ class PolySoftmax(nn.Module):
             raise ValueError(f"sequence length {length} exceeds this model's length L = {self.input_size}; "
                              f"truncate inputs to {self.input_size} tokens")
         if key_mask is not None:
-            scores = scores + (key_mask - 1.0) * POLY_MASK_SHIFT
+            scores = scores * key_mask + (key_mask - 1.0) * POLY_MASK_SHIFT
         shifted = scores - row_max(scores, self.levels)
         floored = torch.relu(shifted + POLY_FLOOR) - POLY_FLOOR
         weights = exp_nonpositive(floored)
