@@ -83,3 +83,34 @@ def make_realistic(model, std=0.15, seed=0):
                 module.running_phi.copy_(torch.rand(module.running_phi.shape, generator=generator) * 3 + 0.2)
                 module.bias.copy_(torch.randn(module.bias.shape, generator=generator) * 0.1)
     return model.eval()
+
+
+def tiny_bert_teacher(vocab_size=40):
+    """A plain BERT classifier with realistic weights: the teacher tiny students are converted from."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    return make_realistic(BertForSequenceClassification(BertConfig(
+        vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
+        max_position_embeddings=64, num_labels=2))).eval()
+
+
+def padded_pair(vocab_size=40):
+    """(ids, mask): two rows of 9 tokens, the second padded after 4."""
+    ids = torch.randint(5, vocab_size, (2, 9), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    mask[1, 4:] = 0
+    return ids, mask
+
+
+def assert_reloads_identically(model, folder, ids, mask, attention_kind):
+    """save_pretrained → AutoModel.from_pretrained keeps the attention kind and every output bit."""
+    from transformers import AutoModelForSequenceClassification
+
+    with torch.no_grad():
+        want = model(ids, attention_mask=mask).logits
+    model.save_pretrained(folder)
+    loaded = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    assert loaded.config.attention_kind == attention_kind
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids, attention_mask=mask).logits, want, atol=0, rtol=0)

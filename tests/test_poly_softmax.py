@@ -6,10 +6,10 @@ import math
 import numpy as np
 import pytest
 import torch
-from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
+from transformers import AutoModelForSequenceClassification
 
 import mabert
-from conftest import make_realistic, tiny_bert_config
+from conftest import assert_reloads_identically, make_realistic, padded_pair, tiny_bert_config, tiny_bert_teacher
 from mabert.errors import MABertError
 from mabert.export import audit, export_onnx, onnx_feed
 from mabert.fuse import fuse
@@ -87,35 +87,21 @@ def test_poly_softmax_errors_and_gradient():
     torch.testing.assert_close(poly_grad, scores.grad, rtol=0, atol=1e-6)
 
 
-def _teacher():
-    torch.manual_seed(0)
-    return make_realistic(BertForSequenceClassification(BertConfig(
-        vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
-        max_position_embeddings=64, num_labels=2))).eval()
-
-
 def test_a_poly_student_has_no_attention_parameters_blend_or_fit(tmp_path):
-    teacher = _teacher()
+    teacher = tiny_bert_teacher()
     student = mabert.convert(teacher, attention_kind="poly", softmax_input_size=16, pooler_act="tanh").eval()
     assert not any("softmax" in key for key in student.state_dict())
     with pytest.raises(ValueError, match="share_softmax_nn does not apply to attention_kind='poly'"):
         tiny_bert_config(attention_kind="poly", share_softmax_nn=True)
-    ids = torch.randint(5, 40, (2, 9), generator=torch.Generator().manual_seed(1))
-    mask = torch.ones_like(ids)
-    mask[1, 4:] = 0
+    ids, mask = padded_pair()
     with torch.no_grad():
-        plain = student(ids, attention_mask=mask).logits
         handover = HandOver(student, 0.5)
         assert handover.count == 5 + 2  # norms and FFN activations: the attention already is softmax
         # at λ = 0 the student is the teacher up to PolySoftmax's rounding
         torch.testing.assert_close(student(ids, attention_mask=mask).logits, teacher(ids, attention_mask=mask).logits,
                                    atol=1e-5, rtol=1e-5)
         handover.remove()
-    student.save_pretrained(tmp_path)
-    loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
-    assert loaded.config.attention_kind == "poly"
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(ids, attention_mask=mask).logits, plain, atol=0, rtol=0)
+    assert_reloads_identically(student, tmp_path, ids, mask, "poly")
 
 
 def test_padding_does_not_change_a_poly_model():

@@ -5,7 +5,7 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 import mabert
-from conftest import make_realistic, tiny_bert_config
+from conftest import assert_reloads_identically, make_realistic, padded_pair, tiny_bert_config, tiny_bert_teacher
 from mabert.handover import HandOver
 from mabert.softmax_approx import ReLUAttention
 
@@ -41,17 +41,10 @@ def test_relu_attention_has_no_parameters_and_cannot_be_shared():
 
 
 def test_handover_blends_softmax_into_relu_attention(tmp_path):
-    from transformers import BertConfig, BertForSequenceClassification
-
-    torch.manual_seed(0)
-    teacher = make_realistic(BertForSequenceClassification(BertConfig(
-        vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
-        max_position_embeddings=64, num_labels=2))).eval()
+    teacher = tiny_bert_teacher()
     student = mabert.convert(teacher, attention_kind="relu", softmax_input_size=16, pooler_act="tanh",
                              softmax_mask_mode="masked").eval()
-    ids = torch.randint(5, 40, (2, 9), generator=torch.Generator().manual_seed(1))
-    mask = torch.ones_like(ids)
-    mask[1, 4:] = 0
+    ids, mask = padded_pair()
     with torch.no_grad():
         plain = student(ids, attention_mask=mask).logits
         handover = HandOver(student, 0.5)
@@ -63,24 +56,17 @@ def test_handover_blends_softmax_into_relu_attention(tmp_path):
         torch.testing.assert_close(student(ids, attention_mask=mask).logits, plain, atol=0, rtol=0)
         handover.remove()
         assert all(isinstance(layer.attention.self.approximator, ReLUAttention) for layer in student.bert.encoder.layer)
-    student.save_pretrained(tmp_path)
-    loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
-    assert loaded.config.attention_kind == "relu"
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(ids, attention_mask=mask).logits, plain, atol=0, rtol=0)
+    assert_reloads_identically(student, tmp_path, ids, mask, "relu")
 
 
 def test_fit_to_teacher_only_calibrates_phi_for_relu_attention(tiny_vocab, monkeypatch):
     from datasets import Dataset
-    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+    from transformers import BertTokenizerFast
 
     import mabert.fitting as fitting
 
     tokenizer = BertTokenizerFast(vocab_file=str(tiny_vocab))
-    torch.manual_seed(0)
-    teacher = make_realistic(BertForSequenceClassification(BertConfig(
-        vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=48, max_position_embeddings=64, num_labels=2))).eval()
+    teacher = tiny_bert_teacher(tokenizer.vocab_size)
     student = mabert.convert(teacher, attention_kind="relu", softmax_input_size=16)
     texts = Dataset.from_dict({"text_a": ["the movie was great", "a boring plot and bad acting"] * 4})
     monkeypatch.setattr(fitting, "collect_score_rows", lambda *a, **k: pytest.fail("score rows collected"))

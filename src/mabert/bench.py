@@ -42,7 +42,7 @@ from typing import Callable, Hashable
 import numpy as np
 import torch
 
-from .choices import MASK_MASKED, POOLER_RELU
+from .choices import ATTENTION_APPROXIMATOR, ATTENTION_POLY, ATTENTION_RELU, MASK_MASKED, POOLER_RELU
 from .io import atomic_file
 
 FORMAT = 2  # bench.json layout: 2 = structured candidates and ratios with confidence intervals
@@ -124,9 +124,9 @@ def ma_matmul_flops(config, batch: int, length: int, reassociate: bool) -> float
     heads, approx_hidden = config.num_attention_heads, config.softmax_hidden_layer_size
     dim = hidden // heads
     dense = 2 * batch * length * (4 * hidden * hidden + 2 * hidden * inter)
-    kind = getattr(config, "attention_kind", "approximator")
-    if kind in ("relu", "poly"):  # QKᵀ, f(S)·V; PolySoftmax's row sums are one more product, with a ones vector
-        row_sums = batch * heads * 2 * length * length if kind == "poly" else 0
+    kind = getattr(config, "attention_kind", ATTENTION_APPROXIMATOR)
+    if kind in (ATTENTION_RELU, ATTENTION_POLY):  # QKᵀ, f(S)·V; PolySoftmax's row sums: a product with ones
+        row_sums = batch * heads * 2 * length * length if kind == ATTENTION_POLY else 0
         return layers * (dense + batch * heads * 2 * 2 * length * length * dim + row_sums)
     if reassociate:  # W1·K, Q·(W1K)ᵀ, W2ᵀ·V, H·(W2ᵀV)
         attention = 4 * 2 * batch * heads * length * approx_hidden * dim

@@ -133,13 +133,19 @@ def collect_score_rows(teacher: nn.Module, batches, length: int, rows_per_layer:
     return result
 
 
+def has_learnt_approximators(model: nn.Module) -> bool:
+    """Whether every layer's attention is the paper's approximator (ReLU attention and PolySoftmax learn nothing
+    to fit to softmax or to calibrate)."""
+    return all(isinstance(parts.approximator, SoftmaxApproximator) for parts in layer_parts(model))
+
+
 def fit_student_approximators(student: nn.Module, teacher_rows, steps: int = 400, seed: int = 0) -> list[float]:
     """Fit each student approximator on the rows of the teacher layer it maps to (all rows if shared).
     Returns the MSE to softmax per student layer."""
+    if not has_learnt_approximators(student):
+        return []  # ReLU attention, PolySoftmax: nothing to fit
     approximators = [parts.approximator for parts in layer_parts(student)]
     mapping = layer_map(len(approximators), len(teacher_rows))
-    if not all(isinstance(a, SoftmaxApproximator) for a in approximators):
-        return []  # ReLU attention: nothing to fit
     if approximators and all(a is approximators[0] for a in approximators):
         rows = torch.cat([teacher_rows[t - 1][0] for t in mapping])
         keys = torch.cat([teacher_rows[t - 1][1] for t in mapping])
@@ -163,7 +169,7 @@ def fit_to_teacher(student: nn.Module, teacher: nn.Module, tokenizer, texts, cou
     ReLU attention has nothing to fit: the teacher's score rows are then not collected."""
     length = student.config.softmax_input_size
     loader = make_loader(tokenize(texts.select(range(min(len(texts), count))), tokenizer, length), tokenizer, 32)
-    has_approximators = all(isinstance(p.approximator, SoftmaxApproximator) for p in layer_parts(student))
+    has_approximators = has_learnt_approximators(student)
     rows = collect_score_rows(teacher, loader, length, seed=seed) if has_approximators else []
     errors = fit_student_approximators(student, rows, steps=steps, seed=seed) if has_approximators else []
     norms = [m for m in student.modules() if isinstance(m, PowerNorm)]

@@ -20,9 +20,10 @@ import torch
 
 from .batches import make_loader
 from .data import tokenize
-from .fitting import collect_score_rows, fit_approximator, softmax_targets
+from .fitting import collect_score_rows, fit_approximator, has_learnt_approximators, softmax_targets
 from .registry import layer_parts
-from .softmax_approx import SoftmaxApproximator
+
+NOT_APPLICABLE = "not applicable (no softmax approximators)"
 
 
 def seen_length(tokenizer, dataset, max_length: int, quantile: float = 0.99) -> int:
@@ -78,8 +79,8 @@ def calibrate_lengths(student, tokenizer, datasets, seen: int, steps: int = 6000
     in mind). Returns a record: rows used, `seen`, and per approximator the MSE to softmax of short and long rows
     before and after. Students without learnt approximators (ReLU or exact attention) have nothing to calibrate,
     and when KD already saw every length (no row longer than `seen`) nothing is refitted."""
-    if not all(isinstance(p.approximator, SoftmaxApproximator) for p in layer_parts(student)):
-        return {"length_calibration": "not applicable (no softmax approximators)"}
+    if not has_learnt_approximators(student):
+        return {"length_calibration": NOT_APPLICABLE}
     student.eval()
     length = student.config.softmax_input_size
     encoded = [tokenize(d.select_columns([c for c in d.column_names if c in ("text_a", "text_b")]), tokenizer, length)

@@ -12,15 +12,16 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from .choices import ATTENTION_APPROXIMATOR, ATTENTION_POLY, ATTENTION_RELU
 from .io import atomic_file
 from .registry import find_family, is_ma
 
 _MA_KEYS = ("attention_kind", "softmax_input_size", "softmax_hidden_layer_size", "share_softmax_nn", "softmax_mask_mode",
             "norm_type", "ffn_hidden_act", "pooler_act", "powernorm_backward")
 _ATTENTION_WORDS = {  # config.attention_kind → how the attention weights are computed
-    "approximator": "softmax replaced by a two-layer ReLU network per score row",
-    "relu": "softmax replaced by ReLU(scores)/L (an option beyond the paper)",
-    "poly": "softmax itself evaluated with products, sums and ReLU (PolySoftmax, an option beyond the paper)",
+    ATTENTION_APPROXIMATOR: "softmax replaced by a two-layer ReLU network per score row",
+    ATTENTION_RELU: "softmax replaced by ReLU(scores)/L (an option beyond the paper)",
+    ATTENTION_POLY: "softmax itself evaluated with products, sums and ReLU (PolySoftmax, an option beyond the paper)",
 }
 _HUB_DATASETS = {"imdb": ("stanfordnlp/imdb", None), **{t: ("nyu-mll/glue", t.split("-")[0]) for t in (
     "cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "mnli-mm", "qnli", "rte", "wnli")}}
@@ -127,9 +128,10 @@ def build_card(facts: dict) -> str:
              f"A{'n' if family[0] in 'AEIMO' else ''} {family} {kind}"
              + (f", {_STAGES[stage]}" if stage in _STAGES else "") + "."]
     if ma:
-        attention = _ATTENTION_WORDS.get(config.get("attention_kind"), _ATTENTION_WORDS["approximator"])
+        attention = _ATTENTION_WORDS.get(config.get("attention_kind"), _ATTENTION_WORDS[ATTENTION_APPROXIMATOR])
         lines += ["", f"An MA-BERT (ICLR 2023) model: {attention}, GELU replaced by ReLU and LayerNorm by "
-                      "PowerNorm, so that inference (after `mabert.fuse`) is matrix arithmetic and ReLU only.", "", "## MA settings", "", "| setting | value |", "|---|---|"]
+                      "PowerNorm, so that inference (after `mabert.fuse`) is matrix arithmetic and ReLU only.",
+                  "", "## MA settings", "", "| setting | value |", "|---|---|"]
         lines += [f"| `{k}` | {config[k]} |" for k in _MA_KEYS if k in config]
     lines += ["", "## Training", ""]
     for label, key in (("base model", "base_model"), ("teacher", "teacher"), ("source model", "source_model"),

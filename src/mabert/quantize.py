@@ -22,17 +22,16 @@ def quantize_dynamic_int8(src: str | Path, dst: str | Path) -> Path:
         import onnx
 
         # fused ORT ops (Attention, SkipLayerNorm…) have no shape inference: say the default type is fp32
-        quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8, nodes_to_exclude=_poly_attention(src),
+        nodes = onnx.load(str(src), load_external_data=False).graph.node
+        quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8, nodes_to_exclude=_poly_attention(nodes),
                          extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     return Path(dst)
 
 
-def _poly_attention(src: str | Path) -> list[str]:
-    """The attention nodes of a graph with PolySoftmax, which stay fp32 (its reciprocal's interpolant is a constant
-    matrix a quantizer would take for a weight; int8 scores would reach exp in steps of ~0.2); [] for other graphs."""
-    import onnx
-
-    nodes = onnx.load(str(src), load_external_data=False).graph.node
+def _poly_attention(nodes) -> list[str]:
+    """The names of the attention nodes (ONNX graph nodes) of a graph with PolySoftmax, which stay fp32 (its
+    reciprocal's interpolant is a constant matrix a quantizer would take for a weight; int8 scores would reach exp
+    in steps of ~0.2); [] for other graphs."""
     if not any(POLY_SOFTMAX_SCOPE in node.name for node in nodes):
         return []
     return [node.name for node in nodes if ATTENTION_SCOPE in node.name]
@@ -90,7 +89,7 @@ def quantize_static_int8(src: str | Path, dst: str | Path, calibration_feeds: li
     # calibrator still takes ranges of every tensor of a quantized op type, excluded nodes included, and tensors
     # of one value far from 0 have no finite histogram (a Newton product s·r ≈ 1 ± 1e-7, a tournament slice of
     # padded keys at −10⁴): Add, Mul and Slice are then not quantized.
-    keep_float = _poly_attention(src)
+    keep_float = _poly_attention(graph.node)
     op_types = ["MatMul", "Gather", "Relu", "Transpose", "Reshape", "Unsqueeze", "Concat"]
     if not keep_float:
         op_types += ["Add", "Mul", "Slice"]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .choices import ATTENTION_APPROXIMATOR, BACKWARD_EXACT, HEAD_BASE, MASK_MASKED, POOLER_IDENTITY
+from .choices import BACKWARD_EXACT, HEAD_BASE, MASK_MASKED, POOLER_IDENTITY
 
 
 @dataclass(frozen=True)
@@ -133,10 +133,11 @@ def length_calibration_step(tokenizer, train, recipe: Recipe):
         return None
 
     def calibrate(student):
-        from .length_calibration import calibrate_lengths, length_texts, seen_length
+        from .fitting import has_learnt_approximators
+        from .length_calibration import NOT_APPLICABLE, calibrate_lengths, length_texts, seen_length
 
-        if getattr(student.config, "attention_kind", ATTENTION_APPROXIMATOR) != ATTENTION_APPROXIMATOR:
-            return calibrate_lengths(student, tokenizer, [], 0)  # says "not applicable" before reading any text
+        if not has_learnt_approximators(student):  # before tokenizing texts nothing would use
+            return {"length_calibration": NOT_APPLICABLE}
         seen = seen_length(tokenizer, train, student.config.softmax_input_size)
         texts = length_texts(train, recipe.length_passages, recipe.seed)
         return calibrate_lengths(student, tokenizer, texts, seen, steps=recipe.length_steps,

@@ -58,6 +58,12 @@ class SoftmaxApproximator(nn.Module):
         return probs
 
 
+def check_length(length: int, input_size: int) -> None:
+    if length > input_size:
+        raise ValueError(f"sequence length {length} exceeds this model's length L = {input_size}; "
+                         f"truncate inputs to {input_size} tokens")
+
+
 class ReLUAttention(nn.Module):
     """ReLU(scores) / L: attention weights from matrix arithmetic and ReLU with no network at all (an option beyond
     the paper; reported to match softmax in vision transformers). Padded keys get weight 0 (scores × 0/1 mask, then
@@ -70,9 +76,7 @@ class ReLUAttention(nn.Module):
         self.input_size = input_size
 
     def forward(self, scores: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
-        if scores.shape[-1] > self.input_size:
-            raise ValueError(f"sequence length {scores.shape[-1]} exceeds this model's length L = {self.input_size}; "
-                             f"truncate inputs to {self.input_size} tokens")
+        check_length(scores.shape[-1], self.input_size)
         if key_mask is not None:
             scores = scores * key_mask
         return torch.relu(scores) / self.input_size
@@ -151,9 +155,7 @@ class PolySoftmax(nn.Module):
 
     def forward(self, scores: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
         length = scores.shape[-1]
-        if length > self.input_size:
-            raise ValueError(f"sequence length {length} exceeds this model's length L = {self.input_size}; "
-                             f"truncate inputs to {self.input_size} tokens")
+        check_length(length, self.input_size)
         if key_mask is not None:
             scores = scores * key_mask + (key_mask - 1.0) * POLY_MASK_SHIFT
         shifted = scores - row_max(scores, self.levels)
