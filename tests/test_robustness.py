@@ -48,6 +48,54 @@ def test_task_augmentation_sizes_and_pairs():
     assert len(augmented) == 8 and extra.column_names == ["text_a", "text_b"] and len(extra) == 5
 
 
+def test_perturbed_copies_change_words_from_the_training_vocabulary():
+    import random
+
+    from mabert.corpora import perturb_words, perturbed_copies
+
+    train = sentiment_data(repeat=2)
+    vocabulary = {w for text in train["text_a"] for w in text.split()}
+    copies = perturbed_copies(train, copies=3, rate=0.3, seed=1)
+    assert len(copies) == 3 * len(train) and copies.column_names == ["text_a"]
+    originals = list(train["text_a"]) * 3
+    changed = sum(copy != original for copy, original in zip(copies["text_a"], originals))
+    assert changed >= 0.8 * len(copies)  # unchanged: one-word texts, and a word replaced by itself
+    first, second = list(copies["text_a"])[:len(train)], list(copies["text_a"])[len(train):2 * len(train)]
+    assert sum(a != b for a, b in zip(first, second)) >= len(train) // 2  # each copy is drawn afresh
+    assert {w for text in copies["text_a"] for w in text.split()} <= vocabulary
+    assert list(perturbed_copies(train, 3, 0.3, seed=1)["text_a"]) == list(copies["text_a"])  # seeded
+    rng = random.Random(0)
+    assert perturb_words("single", 1.0, ["x"], None, rng) == "single"
+    assert all(perturb_words("a b c d", 1.0, ["x"], None, rng) for _ in range(50))  # never empty
+    # distinct words and a replacement vocabulary they are not in: every perturbation shows, even at a low rate
+    assert all(perturb_words("a b c d", 0.01, ["x"], None, random.Random(s)) != "a b c d" for s in range(50))
+    lengths = {len(perturb_words("a b c d e f g h", 0.5, ["x"], None, random.Random(s)).split()) for s in range(50)}
+    assert min(lengths) < 8 and max(lengths) == 8  # drops shorten, replacements and swaps keep the length
+    # replacements follow the training set's word counts
+    drawn = [perturb_words("a b", 1.0, ["common", "rare"], [99, 100], random.Random(s)) for s in range(400)]
+    common, rare = sum(t.count("common") for t in drawn), sum(t.count("rare") for t in drawn)
+    assert common > 20 * max(rare, 1)
+
+
+def test_task_augmentation_adds_perturbed_pairs_and_passages():
+    pairs = Dataset.from_dict({"text_a": [f"first {i} words here" for i in range(8)],
+                               "text_b": [f"second {i} words there" for i in range(8)], "label": [0, 1] * 4})
+    texts = Dataset.from_dict({"text_a": [f"passage {i}" for i in range(50)]})
+    augmented, extra = task_augmentation(pairs, 0.0, unlabelled=10, unlabelled_texts=texts, perturbed=2)
+    assert len(augmented) == 8 and extra.column_names == ["text_a", "text_b"] and len(extra) == 16 + 5
+    # both segments perturbed (a word may be replaced by itself: most, not all, differ)
+    assert sum(a != b for a, b in zip(list(extra["text_a"])[:8], pairs["text_a"])) >= 6
+    assert sum(a != b for a, b in zip(list(extra["text_b"])[:8], pairs["text_b"])) >= 6
+    assert task_augmentation(pairs, 0.0, unlabelled=0)[1] is None
+
+
+def test_perturbed_copies_are_of_the_task_examples_not_the_joined_ones():
+    train = sentiment_data(repeat=2)  # 24 sentences of 1–5 words
+    augmented, extra = task_augmentation(train, joined_fraction=0.25, unlabelled=0, perturbed=2)
+    assert len(augmented) == 24 + 6 and len(extra) == 2 * 24
+    assert max(len(text.split()) for text in extra["text_a"]) <= 5  # no joined (4-sentence) text was copied
+
+
 def test_bundled_kd_text_and_held_out_text_are_disjoint():
     import importlib.util
 
@@ -176,7 +224,8 @@ def test_cli_distill_from_general_with_augmentation_then_evaluate(tmp_path, tiny
     (tmp_path / "other.txt").write_text("\n\n".join(["the plot and the acting", "i liked it not", "very very"] * 4))
     assert main(["distill", "--teacher", str(tmp_path / "teacher"), "--student", str(tmp_path / "general"),
                  "--task", str(table), "--out", str(tmp_path / "s"), "--max-steps", "3", "--batch-size", "8",
-                 "--joined-fraction", "0.25", "--unlabelled", "6", "--unlabelled-texts", str(tmp_path / "other.txt")]) == 0
+                 "--joined-fraction", "0.25", "--unlabelled", "6", "--unlabelled-texts", str(tmp_path / "other.txt"),
+                 "--perturbed-copies", "1", "--perturb-rate", "0.2"]) == 0
     summary = json.loads((tmp_path / "s" / "summary.json").read_text())
     assert summary["steps"] == 3
     out = tmp_path / "metrics.json"

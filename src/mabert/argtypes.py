@@ -38,6 +38,10 @@ def between(low, high, kind=float):
     return _checked(kind, lambda value: low <= value <= high, f"in [{low}, {high}]")
 
 
+def above_up_to(low, high, kind=float):
+    return _checked(kind, lambda value: low < value <= high, f"in ({low}, {high}]")
+
+
 def int_list(low: int = 1):
     """Comma-separated integers, each ≥ `low`."""
     item = at_least(low)

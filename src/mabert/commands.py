@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .argtypes import above, at_least, between, int_list
+from .argtypes import above, above_up_to, at_least, between, int_list
 from .choices import (ATTENTION_KINDS, FFN_ACTIVATIONS, FFN_RELU, HEAD_MLM, HEADS, MASK_MODES, NORM_POWER, NORM_TYPES,
                       POOLER_ACTIVATIONS, POWERNORM_BACKWARDS)
 from .errors import MABertError
@@ -214,7 +214,8 @@ def _distill(args):
     own_texts = load_texts(args.unlabelled_texts, seed=args.seed) if args.unlabelled_texts else None
     calibrate = length_calibration_step(tokenizer, train, replace(DEFAULTS, length_steps=args.length_steps,
                                                                   seed=args.seed))
-    train, extra = task_augmentation(train, args.joined_fraction, args.unlabelled, args.seed, own_texts)
+    train, extra = task_augmentation(train, args.joined_fraction, args.unlabelled, args.seed, own_texts,
+                                     perturbed=args.perturbed_copies, perturb_rate=args.perturb_rate)
     summary = distill(teacher, student, tokenizer, train, args.out, _train_settings(args), extra_inputs=extra,
                       card={"teacher": args.teacher, "base_model": args.student, **_data_facts(args, train)},
                       after_training=calibrate)
@@ -486,6 +487,11 @@ def add_verbs(verbs) -> None:
                    help="teacher-labelled augmentation: this many passages (bundled English unless "
                         "--unlabelled-texts) learnt from the teacher's outputs only")
     p.add_argument("--unlabelled-texts", nargs="+", help=".txt files or folders for --unlabelled")
+    p.add_argument("--perturbed-copies", type=at_least(0), default=DEFAULTS.perturbed_copies,
+                   help="teacher-labelled augmentation: this many copies of the training set with words replaced, "
+                        "dropped or swapped, learnt from the teacher's outputs only")
+    p.add_argument("--perturb-rate", type=above_up_to(0, 1), default=DEFAULTS.perturb_rate,
+                   help="share of words changed in a perturbed copy (at least one word per text)")
     p.add_argument("--length-steps", type=at_least(0), default=DEFAULTS.length_steps,
                    help="after KD, refit the approximators on score rows longer than the training inputs "
                         "(mabert.length_calibration; 0: off)")

@@ -101,25 +101,81 @@ def joined_examples(dataset: Dataset, per_example: int = 4, seed: int = 0) -> Da
     return Dataset.from_dict({"text_a": [texts[i] for i in order], "label": [labels[i] for i in order]})
 
 
+def perturb_words(text: str, rate: float, vocabulary: list[str], weights: list[float] | None,
+                  rng: random.Random) -> str:
+    """`text` with each word, with probability `rate`, replaced by a word drawn from `vocabulary` (cumulative
+    `weights`, or uniformly when None), dropped, or swapped with the next one (one of the three at random); at
+    least one word is touched when there are two (a replacement may draw the same word)."""
+    words = text.split()
+    if len(words) < 2:
+        return text
+
+    def draw() -> str:
+        return rng.choices(vocabulary, cum_weights=weights)[0]
+
+    chosen = [i for i in range(len(words)) if rng.random() < rate] or [rng.randrange(len(words))]
+    dropped = set()
+    for i in chosen:
+        operation = rng.randrange(3)
+        if operation == 0:
+            words[i] = draw()
+        elif operation == 1:
+            dropped.add(i)
+        elif i + 1 < len(words):
+            words[i], words[i + 1] = words[i + 1], words[i]
+        else:
+            words[i] = draw()
+    kept = [w for i, w in enumerate(words) if i not in dropped]
+    return " ".join(kept or words[:1])
+
+
+def perturbed_copies(train: Dataset, copies: int, rate: float = 0.15, seed: int = 0) -> Dataset:
+    """`copies` unlabelled variants of every training example, words replaced (by words of the training set, drawn
+    by their frequency there), dropped or swapped at `rate` (TinyBERT-style augmentation without an MLM): inputs
+    close to the task's, where its hard cases lie, for the teacher to label during KD. Both segments of a pair
+    task are perturbed."""
+    from collections import Counter
+    from itertools import accumulate
+
+    rng = random.Random(seed)
+    texts = {c: list(train[c]) for c in ("text_a", "text_b") if c in train.column_names}
+    counts = Counter(w for column in texts.values() for text in column for w in text.split())
+    if not counts:
+        raise MABertError("perturbed copies need training texts with words")
+    vocabulary = list(counts)
+    weights = list(accumulate(counts[w] for w in vocabulary))
+    out = {c: [] for c in texts}
+    for _ in range(copies):
+        for c, column in texts.items():
+            out[c].extend(perturb_words(text, rate, vocabulary, weights, rng) for text in column)
+    return Dataset.from_dict(out)
+
+
 def task_augmentation(train: Dataset, joined_fraction: float = 0.25, unlabelled: int = 1600, seed: int = 0,
-                      unlabelled_texts: Dataset | None = None) -> tuple[Dataset, Dataset | None]:
+                      unlabelled_texts: Dataset | None = None, perturbed: int = 0,
+                      perturb_rate: float = 0.15) -> tuple[Dataset, Dataset | None]:
     """Task KD data that covers lengths and text the task set lacks: (the labelled set plus `joined_fraction` ×
-    its size of 4-joined examples (single-text tasks), `unlabelled` passages for the teacher to label — from
-    `unlabelled_texts`, or else the bundled KD sources)."""
+    its size of 4-joined examples (single-text tasks), unlabelled inputs for the teacher to label: `unlabelled`
+    passages — from `unlabelled_texts`, or else the bundled KD sources — and `perturbed` perturbed copies of the
+    labelled set (`perturbed_copies`); None when there are none)."""
     from datasets import concatenate_datasets
 
     columns = [c for c in ("text_a", "text_b", "label") if c in train.column_names]
     train = train.select_columns(columns)
+    extra = [perturbed_copies(train, perturbed, perturb_rate, seed=seed + 2)] if perturbed else []
     if joined_fraction and "text_b" not in columns:
         joined = joined_examples(train, 4, seed=seed)
         joined = joined.select(range(min(len(joined), int(joined_fraction * len(train)))))
         train = concatenate_datasets([train, joined.cast(train.features)])
-    if not unlabelled:
+    if unlabelled:
+        passages = unlabelled_texts if unlabelled_texts is not None else bundled_passages(seed=seed + 1)
+        passages = passages.shuffle(seed=seed).select(range(min(len(passages), unlabelled)))
+        if "text_b" in columns:  # pair tasks: consecutive passages as the two segments
+            halves = len(passages) // 2
+            passages = Dataset.from_dict({"text_a": passages["text_a"][:halves],
+                                          "text_b": passages["text_a"][halves:2 * halves]})
+        passages = passages.select_columns([c for c in ("text_a", "text_b") if c in passages.column_names])
+        extra.append(passages.cast(extra[0].features) if extra else passages)
+    if not extra:
         return train, None
-    passages = unlabelled_texts if unlabelled_texts is not None else bundled_passages(seed=seed + 1)
-    passages = passages.shuffle(seed=seed).select(range(min(len(passages), unlabelled)))
-    if "text_b" in columns:  # pair tasks: consecutive passages as the two segments
-        halves = len(passages) // 2
-        passages = Dataset.from_dict({"text_a": passages["text_a"][:halves],
-                                      "text_b": passages["text_a"][halves:2 * halves]})
-    return train, passages
+    return train, extra[0] if len(extra) == 1 else concatenate_datasets(extra)

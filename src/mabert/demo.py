@@ -186,7 +186,7 @@ class Pipeline:
         metrics = evaluate(summary["model"], self.tokenizer(), held_out, task)
         self.record_in_card(self.out / "student" / "model", metrics, len(held_out))
         return {"metrics": metrics, **{k: summary[k] for k in ("steps", "wall_time_s", "handover_modules",
-                                                               "labelled_examples", "unlabelled_passages",
+                                                               "labelled_examples", "unlabelled_inputs",
                                                                "bounds_calibrated", "length_calibration")
                                        if k in summary}}
 

@@ -40,6 +40,8 @@ class Recipe:
     general_lr: float = 2e-4
     joined_fraction: float = 0.0       # labelled augmentation: this share of the training set joined 4 by 4
     unlabelled_passages: int = 0       # teacher-labelled augmentation: passages of every length
+    perturbed_copies: int = 0          # teacher-labelled augmentation: word-perturbed copies of the training set
+    perturb_rate: float = 0.15
     # after task KD, approximators learn softmax on rows longer than the task's inputs (mabert.length_calibration):
     # measured on the demo student (three seeds): 4 joined held-out sentences −9.5 → −2.4…−3.2 points, held-out
     # −0.11 → −0.11…+0.05
@@ -116,10 +118,11 @@ def distill_task(teacher, student, tokenizer, train, out_dir, recipe: Recipe, ep
     from .train import distill
 
     calibrate = length_calibration_step(tokenizer, train, recipe)
-    train, extra = task_augmentation(train, recipe.joined_fraction, recipe.unlabelled_passages, recipe.seed)
+    train, extra = task_augmentation(train, recipe.joined_fraction, recipe.unlabelled_passages, recipe.seed,
+                                     perturbed=recipe.perturbed_copies, perturb_rate=recipe.perturb_rate)
     summary = distill(teacher, student, tokenizer, train, Path(out_dir), recipe.settings(recipe.student_lr, epochs),
                       extra_inputs=extra, after_training=calibrate)
-    summary["labelled_examples"], summary["unlabelled_passages"] = len(train), len(extra or [])
+    summary["labelled_examples"], summary["unlabelled_inputs"] = len(train), len(extra or [])
     return summary
 
 
