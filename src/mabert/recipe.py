@@ -33,7 +33,7 @@ class Recipe:
     teacher_lr: float = 5e-5
     student_lr: float = 1e-4
     fit_steps: int = 400               # approximator fitting on the teacher's score rows
-    # Off by default: at the CPU budgets measured here neither paid off (see the README's status): a task student
+    # Off by default: at the CPU budgets measured here neither paid off (docs/measurements.md): a task student
     # from a 300-step general model reached 76.7 % after 120 KD steps (teacher 79.3 %), and augmentation doubled
     # the cost of task KD and, at 1 epoch, lost 5.7 points in domain while gaining 3 on joined inputs.
     general_steps: int = 0             # general KD steps (0: no general model; convert the task teacher)
