@@ -111,8 +111,9 @@ def _exp_above_floor_coefficients() -> list[float]:
     costs its four products and sums and the squarings, nothing more. All five are positive (as exp's derivatives
     are), so Horner's sums do not cancel."""
     scale, offset = 0.5 ** POLY_SQUARINGS, -POLY_FLOOR * 0.5 ** POLY_SQUARINGS
-    return [sum(POLY_EXP_POLYNOMIAL[k] * math.comb(k, j) * scale ** j * offset ** (k - j) for k in range(j, 5))
-            for j in range(5)]
+    terms = len(POLY_EXP_POLYNOMIAL)
+    return [sum(POLY_EXP_POLYNOMIAL[k] * math.comb(k, j) * scale ** j * offset ** (k - j) for k in range(j, terms))
+            for j in range(terms)]
 
 
 POLY_EXP_COEFFICIENTS = _exp_above_floor_coefficients()
@@ -136,8 +137,9 @@ def row_max(x: torch.Tensor, levels: int) -> torch.Tensor:
 def exp_above_floor(z: torch.Tensor) -> torch.Tensor:
     """exp(z − POLY_FLOOR) for z in [0, POLY_FLOOR] (within 1e-8): a degree-4 polynomial of (z − POLY_FLOOR)/2^k,
     squared k times (products and sums)."""
-    c0, c1, c2, c3, c4 = POLY_EXP_COEFFICIENTS
-    e = c0 + z * (c1 + z * (c2 + z * (c3 + z * c4)))
+    e = POLY_EXP_COEFFICIENTS[-1]
+    for coefficient in reversed(POLY_EXP_COEFFICIENTS[:-1]):  # Horner
+        e = coefficient + z * e
     for _ in range(POLY_SQUARINGS):
         e = e * e
     return e
