@@ -33,7 +33,7 @@ class Recipe:
     teacher_lr: float = 5e-5
     student_lr: float = 1e-4
     fit_steps: int = 400               # approximator fitting on the teacher's score rows
-    # Off by default, for the demo's budget (docs/measurements.md): a 1,000-step general model (73 min here) gave
+    # Off by default, for the demo's budget (docs/measurements.md): a 1,000-step general model (72 min here) gave
     # students better on joined inputs (4 joined −2.78 → ±0.00 / −0.85, two task-KD seeds) but 0.59 / 0.80 below
     # the teacher in domain, where the default is above it; augmentation doubled the cost of task KD and, at
     # 1 epoch, lost 5.7 points in domain while gaining 3 on joined inputs.
