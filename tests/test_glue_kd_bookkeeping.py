@@ -75,3 +75,22 @@ def test_seeds_by_count_list_or_the_tables_default():
     assert glue_kd.task_seeds("sst2") == [0]
     assert glue_kd.task_seeds("stsb", count=2) == [0, 1]
     assert glue_kd.task_seeds("stsb", listed=[2, 1, 2]) == [2, 1]
+
+
+def test_each_recipe_trains_its_full_student_and_only_the_ablations_it_lacks():
+    def trained(name, ablations=True):
+        return {variant: (recipe.general_steps, recipe.unlabelled_passages, recipe.joined_fraction, recipe.length_steps,
+                          use_general)
+                for variant, recipe, use_general in glue_kd.student_variants(glue_kd.base_recipe(name, 1000), ablations)}
+
+    paper, general, demo = trained("paper"), trained("general"), trained("demo")
+    assert list(paper) == ["full", "no general KD", "no augmentation", "no length calibration"]
+    assert paper["full"][:3] == (1000, 1600, 0.25) and paper["full"][4]
+    assert paper["no general KD"][0] == 0 and not paper["no general KD"][4]
+    assert paper["no augmentation"][1:3] == (0, 0.0) and paper["no augmentation"][4]
+    assert paper["no length calibration"][3] == 0 < paper["full"][3]
+    # the general recipe is the paper's without augmentation: its full student is the paper's "no augmentation"
+    assert list(general) == ["full", "no general KD", "no length calibration"]
+    assert general["full"] == paper["no augmentation"]
+    assert list(demo) == ["full", "no length calibration"] and not demo["full"][4]
+    assert list(trained("general", ablations=False)) == ["full"]
