@@ -5,9 +5,10 @@
     .venv/bin/python benchmarks/glue_kd.py --recipe demo --tasks stsb --seed-list 1 2 --out glue-more-seeds
     .venv/bin/python benchmarks/glue_kd.py --recipe general --general-steps 1000 --tasks mrpc --out glue-general
 
-`--recipe paper` (default) is the two-stage recipe below; `--recipe general` is its first stage without the
-augmentation (the general model, then task KD on the task's own training set: on SST-2 seed 0 it kept +0.11 of the
-full recipe's +0.69 in domain at a quarter of the task-KD time, 527 s against 1,979 s); `--recipe demo` is the CPU
+`--recipe paper` (default) is the two-stage recipe below; `--recipe general` is that recipe without its
+augmentation (the general model, then task KD on the task's own training set; OUT/general may be copied from
+another run's folder, its record.json giving its steps; seed 0: SST-2 +0.11 against the full
+recipe's +0.69 at a quarter of its task-KD time, MRPC the same −0.50 at half); `--recipe demo` is the CPU
 demo's (mabert.recipe defaults: the task teacher converted, no augmentation, length calibration; ~40–45 min per task
 and seed for MRPC or STS-B on 2 cores).
 
