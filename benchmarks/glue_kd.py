@@ -48,11 +48,11 @@ SETTINGS = {
     "rte": (None, 3.0, 4.0, 3),
 }
 NO_AUGMENTATION = {"joined_fraction": 0.0, "unlabelled_passages": 0, "perturbed_copies": 0}
-VARIANTS = {  # name → recipe changes (and whether the general model is used)
-    "full": ({}, True),
-    "no general KD": ({"general_steps": 0}, False),
-    "no augmentation": (NO_AUGMENTATION, True),
-    "no length calibration": ({"length_steps": 0}, True),
+VARIANTS = {  # name → recipe changes; a student starts from the general model when its recipe has one
+    "full": {},
+    "no general KD": {"general_steps": 0},
+    "no augmentation": NO_AUGMENTATION,
+    "no length calibration": {"length_steps": 0},
 }
 
 
@@ -136,10 +136,11 @@ def student_variants(recipe, ablations: bool):
     with ablations each variant the recipe does not already have (the demo recipe has no general model and no
     augmentation, the general recipe no augmentation)."""
     variants = []
-    for variant, (changes, use_general) in VARIANTS.items():
+    for variant, changes in VARIANTS.items():
         if variant != "full" and (not ablations or replace(recipe, **changes) == recipe):
             continue
-        variants.append((variant, replace(recipe, **changes), use_general and recipe.general_steps > 0))
+        variant_recipe = replace(recipe, **changes)
+        variants.append((variant, variant_recipe, variant_recipe.general_steps > 0))
     return variants
 
 
