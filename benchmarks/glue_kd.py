@@ -137,9 +137,9 @@ def student_variants(recipe, ablations: bool):
     augmentation, the general recipe no augmentation)."""
     variants = []
     for variant, changes in VARIANTS.items():
-        if variant != "full" and (not ablations or replace(recipe, **changes) == recipe):
-            continue
         variant_recipe = replace(recipe, **changes)
+        if variant != "full" and (not ablations or variant_recipe == recipe):
+            continue
         variants.append((variant, variant_recipe, variant_recipe.general_steps > 0))
     return variants
 
